@@ -1,0 +1,79 @@
+"""The reasoning trinity: prompt templates and output parsers for constructor, solver and reviewer.
+
+Templates live in `conf/roles/` and reach here as plain strings with `{field}` placeholders.
+Parsers never raise: malformed output becomes a value with a `reason`, which the step counts
+as `invalid/<role>` and keeps in the transcript.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from dataclasses import dataclass
+
+from alive_exp.domains.base import Critique
+
+ROLES = ("constructor", "solver", "reviewer")
+
+_VERDICT = re.compile(r"verdict\s*[:\-]\s*\**\s*(correct|incorrect|right|wrong)\b", re.IGNORECASE)
+_SPAN = re.compile(r"span\s*:\s*(.+)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class RoleTemplates:
+    """Prompt templates, one per role and situation (see conf/roles/default.yaml)."""
+
+    constructor: str
+    solver: str
+    reviewer: str
+    reviewer_blind: str
+    refiner: str
+    fcp_solver: str
+    fcp_positive: str
+
+    def __post_init__(self) -> None:
+        required = {
+            "constructor": {"document"},
+            "solver": {"task"},
+            "reviewer": {"task", "reference", "solution"},
+            "reviewer_blind": {"task", "solution"},
+            "refiner": {"task", "solution", "critique"},
+            "fcp_solver": {"task", "critique"},
+        }
+        for name, fields in required.items():
+            have = {f for _, f, _, _ in string.Formatter().parse(getattr(self, name)) if f}
+            if missing := fields - have:
+                raise ValueError(f"roles.{name} template lacks placeholder(s) {sorted(missing)}")
+
+    def render(self, name: str, **fields: str) -> str:
+        return getattr(self, name).format(**fields)
+
+
+@dataclass(frozen=True)
+class ParsedSpan:
+    span: str | None
+    reason: str = ""
+
+
+def parse_span(text: str) -> ParsedSpan:
+    """Constructor output: `Span: <verbatim text>` (the first such line)."""
+    m = _SPAN.search(text)
+    if m is None:
+        return ParsedSpan(None, "no 'Span:' line")
+    span = m.group(1).strip()
+    return ParsedSpan(span, "") if span else ParsedSpan(None, "empty span")
+
+
+def parse_critique(text: str) -> Critique:
+    """Reviewer output: free-text critique whose last verdict line reads `Verdict: correct|incorrect`."""
+    matches = _VERDICT.findall(text)
+    if not matches:
+        return Critique(text=text, verdict=None, error="no 'Verdict: correct|incorrect' line")
+    word = matches[-1].lower()
+    return Critique(text=text, verdict=word in ("correct", "right"))
+
+
+def critique_body(text: str) -> str:
+    """The critique without its verdict line(s), as shown to the solver when it refines."""
+    lines = [ln for ln in text.strip().splitlines() if not _VERDICT.search(ln)]
+    return "\n".join(lines).strip()
