@@ -1,0 +1,197 @@
+"""The ALIVE step: construct -> solve -> review -> refine -> learn, one optimizer per role.
+
+One policy plays constructor, solver and reviewer. Per step, over a batch of raw documents:
+
+1. construct  the constructor proposes M spans per document; valid ones become tasks
+2. solve      the solver samples N solutions per task
+3. review     the reviewer critiques each solution against the reference (the oracle during warm-up)
+4. refine     solutions judged incorrect are revised under their critique (when the mode refines)
+5. learn      each role updates its own adapter with its own optimizer
+
+Rewards per role live in `rewards.py`; losses in `losses.py`; generation in `rollout.py`; optimizers,
+checkpoints and metrics plumbing in `module.py`.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from alive_exp.domains import Critique, Document, SpanCheck, Task
+from alive_exp.losses import Sample, group_advantages
+from alive_exp.oracles import CritiqueRequest
+from alive_exp.rewards import learnability
+from alive_exp.roles import critique_body, parse_critique, parse_span
+from alive_exp.rollout import Completion, phase_seed
+
+
+@dataclass
+class Proposal:
+    doc: Document
+    span: str | None
+    check: SpanCheck
+    completion: Completion | None = None  # None when the rule masker proposed it
+    task: Task | None = None
+    reward: float = 0.0
+
+
+@dataclass
+class Attempt:
+    task: Task
+    prompt: str
+    completion: Completion
+    correct: bool
+    answer: str | None
+    critique: Critique | None = None
+    critique_completion: Completion | None = None
+    critique_prompt: str = ""
+    revision: Completion | None = None
+    revision_correct: bool = False
+    reward: float = 0.0
+
+
+@dataclass
+class StepResult:
+    proposals: list[Proposal]
+    attempts: list[list[Attempt]]  # per task, N attempts
+    samples: dict[str, list[Sample]] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class AliveStep:
+    """The five phases over one batch of documents; `module.AliveModule` calls it and applies `learn`."""
+
+    def __init__(self, *, cfg, domain, generator, templates, reward_mode, oracle, timer, use_adapter) -> None:
+        self.cfg, self.domain, self.gen, self.templates = cfg, domain, generator, templates
+        self.mode, self.oracle, self.timer, self.use_adapter = reward_mode, oracle, timer, use_adapter
+        self.tr, self.gcfg, self.rcfg = cfg.trainer, cfg.trainer.generation, cfg.reward
+        self.tokens = {"constructor": 0, "solver": 0, "reviewer": 0, "refine": 0}
+
+    def _sample(self, role: str, prompts: list[str], n: int, max_new: int, step: int, phase: str,
+                count_as: str | None = None) -> list[list[Completion]]:
+        self.use_adapter(role)
+        out = self.gen.generate(prompts, n=n, max_new_tokens=max_new, temperature=self.gcfg.temperature,
+                                top_p=self.gcfg.top_p, seed=phase_seed(self.cfg.seed, step, phase))
+        self.tokens[count_as or role] += sum(c.n_tokens for group in out for c in group)
+        return out
+
+    # 1. construct ---------------------------------------------------------------------------------
+    def construct(self, docs: list[Document], step: int) -> tuple[list[Proposal], list[Task]]:
+        m, rng = self.tr.spans_per_doc, random.Random(phase_seed(self.cfg.seed, step, "rule-masker"))
+        proposals: list[Proposal] = []
+        if self.tr.constructor == "learned":
+            prompts = [self.templates.render("constructor", document=d.text) for d in docs]
+            groups = self._sample("constructor", prompts, m, self.gcfg.constructor_tokens, step, "construct")
+            for doc, group in zip(docs, groups):
+                for comp in group:
+                    parsed = parse_span(comp.text)
+                    check = (self.domain.check_span(doc, parsed.span, self.tr.span_min_chars, self.tr.span_max_chars)
+                             if parsed.span else SpanCheck(False, parsed.reason))
+                    proposals.append(Proposal(doc, parsed.span, check, comp))
+        else:
+            for doc in docs:
+                for span in self.domain.propose_spans(doc, m, rng):
+                    proposals.append(Proposal(doc, span, self.domain.check_span(doc, span)))
+        tasks: dict[str, Task] = {}
+        for p in proposals:
+            if p.check.valid:
+                p.task = self.domain.make_task(p.doc, p.check.start, p.check.end)
+                tasks.setdefault(p.task.id, p.task)
+        # every document still yields a task: invalid proposals fall back to the rule masker's span
+        for doc in docs:
+            if not any(p.task for p in proposals if p.doc is doc):
+                for span in self.domain.propose_spans(doc, 1, rng):
+                    check = self.domain.check_span(doc, span)
+                    if check.valid:
+                        task = self.domain.make_task(doc, check.start, check.end)
+                        tasks.setdefault(task.id, task)
+        return proposals, list(tasks.values())[: self.tr.max_tasks_per_step]
+
+    # 2. solve --------------------------------------------------------------------------------------
+    def solve(self, tasks: list[Task], step: int) -> list[list[Attempt]]:
+        prompts = [self.mode.solver_prompt(t) for t in tasks]
+        groups = self._sample("solver", prompts, self.tr.solutions_per_task, self.gcfg.solver_tokens, step, "solve")
+        flat_t = [t for t, g in zip(tasks, groups) for _ in g]
+        scores = self.domain.score_many([c.text for g in groups for c in g], flat_t)
+        it = iter(scores)
+        return [[Attempt(t, p, c, *next(it)) for c in g] for t, p, g in zip(tasks, prompts, groups)]
+
+    # 3. review -------------------------------------------------------------------------------------
+    def review(self, attempts: list[list[Attempt]], step: int) -> bool:
+        """Fill in a critique for every attempt; True when the oracle wrote them (warm-up)."""
+        flat = [a for g in attempts for a in g]
+        for a in flat:
+            a.critique_prompt = self.templates.render(
+                "reviewer", task=a.task.prompt, reference=a.task.reference, solution=a.completion.text)
+        warmup = step < self.tr.warmup_steps
+        if warmup:
+            critiques = self.oracle.critique([CritiqueRequest(a.task, a.completion.text, a.critique_prompt) for a in flat])
+            for a, c in zip(flat, critiques):
+                a.critique = c
+        else:
+            groups = self._sample("reviewer", [a.critique_prompt for a in flat], 1, self.gcfg.reviewer_tokens, step, "review")
+            for a, g in zip(flat, groups):
+                a.critique, a.critique_completion = parse_critique(g[0].text), g[0]
+        return warmup
+
+    # 4. refine -------------------------------------------------------------------------------------
+    def refine(self, attempts: list[list[Attempt]], step: int) -> None:
+        if not self.rcfg.refine:
+            return
+        todo = [a for g in attempts for a in g if a.critique is not None and a.critique.verdict is False]
+        if not todo:
+            return
+        prompts = [self.templates.render("refiner", task=a.task.prompt, solution=a.completion.text,
+                                         critique=critique_body(a.critique.text)) for a in todo]
+        groups = self._sample("solver", prompts, 1, self.gcfg.solver_tokens, step, "refine", count_as="refine")
+        scores = self.domain.score_many([g[0].text for g in groups], [a.task for a in todo])
+        for a, g, (ok, _) in zip(todo, groups, scores):
+            a.revision, a.revision_correct = g[0], ok
+
+    # 5. rewards -> samples for learn ---------------------------------------------------------------
+    def samples(self, proposals: list[Proposal], attempts: list[list[Attempt]], warmup: bool) -> dict[str, list[Sample]]:
+        out: dict[str, list[Sample]] = {"constructor": [], "solver": [], "reviewer": []}
+        enc = self.gen.encode_completion
+        # solver: group-relative policy gradient over N solutions, plus the mode's likelihood targets
+        groups = [self.mode.solver_rewards([a.correct for a in g], [a.critique for a in g]) for g in attempts]
+        advs = group_advantages(groups, self.rcfg.advantage, self.rcfg.scale_by_std)
+        for g, rewards, adv in zip(attempts, groups, advs):
+            for a, r, ad in zip(g, rewards, adv):
+                a.reward = r
+                if self.mode.policy_gradient:
+                    out["solver"].append(Sample("solver", a.completion.prompt_ids, a.completion.completion_ids, ad))
+            confirmed = [a.revision.text for a in g if a.revision is not None and a.revision_correct]
+            for t in self.mode.targets(g[0].task, [a.completion.text for a in g], [a.critique for a in g], confirmed):
+                w = self.rcfg.distill_coef if t.kind == "distill" else self.rcfg.fcp_coef
+                out["solver"].append(Sample("solver", self.gen.encode_prompt(t.prompt), enc(t.completion), 0.0, w, t.kind))
+        # reviewer: likelihood on oracle critiques in warm-up, else rewarded for agreement and instruction
+        flat = [a for g in attempts for a in g]
+        if warmup:
+            out["reviewer"] = [Sample("reviewer", self.gen.encode_prompt(a.critique_prompt), enc(a.critique.text), 0.0, 1.0,
+                                      "oracle") for a in flat if a.critique.verdict is not None]
+        else:
+            rewards = [self.reviewer_reward(a) for a in flat]
+            (adv,) = group_advantages([rewards], "batch", self.rcfg.scale_by_std)
+            out["reviewer"] = [Sample("reviewer", a.critique_completion.prompt_ids, a.critique_completion.completion_ids, ad)
+                               for a, ad in zip(flat, adv)]
+        # constructor: validity times learnability of its tasks for the current solver
+        if self.tr.constructor == "learned":
+            solve_rate = {g[0].task.id: sum(a.correct for a in g) / len(g) for g in attempts}
+            by_doc: dict[str, list[Proposal]] = {}
+            for p in proposals:
+                rate = solve_rate.get(p.task.id) if p.task else None
+                p.reward = self.rcfg.constructor_invalid if not p.check.valid else (learnability(rate) if rate is not None else 0.0)
+                by_doc.setdefault(p.doc.id, []).append(p)
+            cgroups = list(by_doc.values())
+            cadv = group_advantages([[p.reward for p in g] for g in cgroups], self.rcfg.advantage, self.rcfg.scale_by_std)
+            out["constructor"] = [Sample("constructor", p.completion.prompt_ids, p.completion.completion_ids, ad)
+                                  for g, adv in zip(cgroups, cadv) for p, ad in zip(g, adv)]
+        return out
+
+    def reviewer_reward(self, a: Attempt) -> float:
+        if a.critique.verdict is None:
+            return 0.0
+        r = self.rcfg.reviewer_agreement * float(a.critique.verdict == a.correct)
+        if a.revision is not None and a.revision_correct:
+            r += self.rcfg.reviewer_instructive
+        return r

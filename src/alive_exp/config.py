@@ -1,0 +1,199 @@
+"""Structured config schemas: Hydra validates every composed config against these dataclasses.
+
+A misspelled key or a wrong type fails at start-up with a message naming the key
+(e.g. `Key 'lrr' not in 'RoleOptimConfig'`). Defaults here mirror `conf/`; `conf/` documents them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class TinyConfig:
+    vocab_size: int = 512
+    hidden_size: int = 128
+    intermediate_size: int = 512
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    max_position_embeddings: int = 1024
+    corpus_docs: int = 4000
+    seed: int = 0
+
+
+@dataclass
+class LoraConfig:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: list(ALL_LINEAR))
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny"
+    source: str = "tiny"  # tiny | hub
+    pretrained: Optional[str] = None
+    init_from: Optional[str] = None
+    dtype: str = "float32"
+    attn_implementation: str = "sdpa"
+    finetune: str = "lora"  # lora | full
+    adapters: str = "per_role"  # per_role | shared
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    tiny: TinyConfig = field(default_factory=TinyConfig)
+
+
+@dataclass
+class BenchmarkConfig:
+    domain: str = "math"
+    options: dict[str, Any] = field(default_factory=dict)
+    train_docs: int = 2000
+    eval_domains: list[str] = field(default_factory=lambda: ["math"])
+    eval_suites: list[str] = field(default_factory=list)
+    eval_size: int = 100
+    pass_k: list[int] = field(default_factory=lambda: [4])
+    self_correction: bool = True
+
+
+@dataclass
+class RewardConfig:
+    mode: str = "scalar"  # scalar | judge | verbal | fcp
+    advantage: str = "grpo"  # grpo | rloo | batch
+    scale_by_std: bool = True
+    clip_eps: float = 0.2
+    kl_coef: float = 0.0
+    distill_coef: float = 1.0
+    refine: bool = False
+    fcp_coef: float = 1.0
+    reviewer_agreement: float = 1.0
+    reviewer_instructive: float = 0.5
+    constructor_invalid: float = -1.0
+
+
+@dataclass
+class RoleOptimConfig:
+    lr: float = 5e-4
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    schedule: str = "constant"  # constant | cosine | linear
+    warmup_steps: int = 0
+    grad_clip: float = 1.0
+    loss_weight: float = 1.0
+
+
+@dataclass
+class OptimConfig:
+    constructor: RoleOptimConfig = field(default_factory=RoleOptimConfig)
+    solver: RoleOptimConfig = field(default_factory=RoleOptimConfig)
+    reviewer: RoleOptimConfig = field(default_factory=RoleOptimConfig)
+
+
+@dataclass
+class GenerationConfig:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    constructor_tokens: int = 16
+    solver_tokens: int = 48
+    reviewer_tokens: int = 48
+    batch_size: int = 64
+    eval_temperature: float = 1.0
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 30
+    docs_per_step: int = 8
+    spans_per_doc: int = 2  # M: constructor proposals per document
+    solutions_per_task: int = 4  # N: solver samples per task
+    max_tasks_per_step: int = 8
+    constructor: str = "learned"  # learned | rule
+    span_min_chars: int = 1
+    span_max_chars: int = 40
+    warmup_steps: int = 0  # oracle writes critiques for the first warmup_steps
+    micro_batch_size: int = 32
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval_every: int = 0
+    eval_at_end: bool = True
+    checkpoint_every: int = 10
+    log_transcripts_every: int = 10
+    transcripts_per_phase: int = 4
+    progress_bar: bool = True
+
+
+@dataclass
+class HardwareConfig:
+    accelerator: str = "cpu"
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    static_cache: bool = False
+    torch_threads: Optional[int] = None
+
+
+@dataclass
+class LoggerConfig:
+    tracking_uri: str = "sqlite:///mlflow.db"
+    artifact_location: Optional[str] = None
+    experiment_name: str = "alive"
+    run_name: Optional[str] = None
+    tags: dict[str, str] = field(default_factory=dict)
+    log_transcripts: bool = True
+
+
+@dataclass
+class PathsConfig:
+    root_dir: str = "."
+    data_dir: str = "data"
+    output_dir: str = "outputs"
+
+
+@dataclass
+class OracleConfig:
+    kind: str = "rule"  # rule | hf | http
+    base_url: Optional[str] = None
+    model: Optional[str] = None
+    api_key_env: Optional[str] = "OPENAI_API_KEY"
+    timeout_s: float = 30.0
+    max_retries: int = 2
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+
+
+@dataclass
+class RolesConfig:
+    constructor: str = ""
+    solver: str = ""
+    reviewer: str = ""
+    reviewer_blind: str = ""
+    refiner: str = ""
+    fcp_solver: str = ""
+    fcp_positive: str = ""
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    oracle: OracleConfig = field(default_factory=OracleConfig)
+    roles: RolesConfig = field(default_factory=RolesConfig)
+    seed: int = 0
+    task_name: str = "train"
+    resume: Optional[str] = None  # a checkpoint path, or "auto" for <output_dir>/checkpoints/last.ckpt
+    experiment_name: Optional[str] = None  # set by +experiment=...
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="config_schema", node=Config)

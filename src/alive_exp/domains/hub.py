@@ -1,0 +1,75 @@
+"""Benchmarks that live on the Hugging Face hub (GSM8K, MATH-500, MBPP), loaded with `datasets` and cached.
+
+Offline, or without `datasets`, loading fails with a message naming the benchmark and the offline
+suites to use instead; nothing here is needed for the default, fully offline configs.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+from alive_exp.domains.base import Task
+
+if TYPE_CHECKING:
+    from alive_exp.domains.base import Domain
+
+#: benchmark name -> (dataset id, config, split)
+HUB_DATASETS: dict[str, tuple[str, str | None, str]] = {
+    "gsm8k": ("openai/gsm8k", "main", "test"),
+    "math500": ("HuggingFaceH4/MATH-500", None, "test"),
+    "mbpp": ("google-research-datasets/mbpp", "sanitized", "test"),
+}
+
+
+class HubUnavailable(RuntimeError):
+    pass
+
+
+def load_rows(name: str, size: int, seed: int) -> list[dict[str, Any]]:
+    """Up to `size` rows of a hub benchmark, shuffled with `seed` (the whole set when size <= 0)."""
+    if name not in HUB_DATASETS:
+        raise KeyError(f"unknown hub benchmark {name!r}; known: {', '.join(HUB_DATASETS)}")
+    repo, config, split = HUB_DATASETS[name]
+    try:
+        import datasets
+    except ImportError as exc:
+        raise HubUnavailable(f"benchmark {name!r} needs the `datasets` package: pip install 'alive-exp[hub]'") from exc
+    try:
+        ds = datasets.load_dataset(repo, config, split=split)
+    except Exception as exc:
+        raise HubUnavailable(
+            f"could not load benchmark {name!r} ({repo}) from the hub or its cache: {exc}. "
+            "Offline, use the offline suites (math_heldout, humaneval, logic_heldout) or run once with hub access."
+        ) from exc
+    ds = ds.shuffle(seed=seed)
+    n = len(ds) if size <= 0 else min(size, len(ds))
+    return [ds[i] for i in range(n)]
+
+
+def math_benchmark(name: str, size: int, seed: int, domain: Domain) -> list[Task]:
+    rows = load_rows(name, size, seed)
+    tasks = []
+    for i, row in enumerate(rows):
+        if name == "gsm8k":
+            question, answer = row["question"], row["answer"].split("####")[-1].strip()
+        else:
+            question, answer = row["problem"], row["answer"]
+        tasks.append(Task(id=f"{name}-{i}", domain=domain.name, prompt=f"Question: {question}", reference=answer))
+    return tasks
+
+
+def mbpp_tasks(size: int, seed: int, domain: Domain) -> list[Task]:
+    rows = load_rows("mbpp", size, seed)
+    tasks = []
+    for row in rows:
+        name = re.search(r"assert\s+(\w+)\s*\(", row["test_list"][0])
+        tests = "\n".join([row.get("test_imports") and "\n".join(row["test_imports"]) or "", *row["test_list"]])
+        tasks.append(
+            Task(
+                id=f"mbpp-{row['task_id']}", domain=domain.name,
+                prompt=f"{row['prompt']}\nWrite the function `{name.group(1) if name else 'solution'}`.",
+                reference=row["code"], meta={"tests": tests, "program": "{answer}", "kind": "function"},
+            )
+        )
+    return tasks

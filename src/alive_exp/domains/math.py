@@ -1,0 +1,247 @@
+"""Math: worked solutions from reasoning-gym (offline) or GSM8K / MATH-500 (hub), verified by equivalence.
+
+A document reads
+
+    Question: Calculate 5 - 3 * 6.
+    3 * 6 = 18
+    5 - 18 = -13
+    Answer: -13
+
+Masking the answer leaves the question alone (the working would give it away); masking a number in
+the working keeps the text before it, so the solver computes the next step.
+"""
+
+from __future__ import annotations
+
+import ast
+import logging
+import operator
+import re
+from collections.abc import Callable
+from functools import lru_cache
+from typing import Any
+
+from alive_exp.domains import hub
+from alive_exp.domains.base import MASK, Critique, Document, Domain, Task, verdict_line
+
+log = logging.getLogger(__name__)
+
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+_STEP = re.compile(r"(-?\d+(?:\.\d+)?)\s*([-+*/×x])\s*(-?\d+(?:\.\d+)?)\s*=\s*(-?\d+(?:\.\d+)?)")
+_OPS: dict[type, Callable[[Any, Any], Any]] = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+}
+_SYMBOL = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
+_APPLY = {"+": operator.add, "-": operator.sub, "*": operator.mul, "×": operator.mul, "x": operator.mul}
+
+
+def _fmt(x: float | int) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:.6g}"
+
+
+def working_lines(expression: str) -> list[str]:
+    """One line per operation, in evaluation order: `a op b = c`."""
+    tree = ast.parse(expression, mode="eval").body
+    lines: list[str] = []
+
+    def reduce(node: ast.AST) -> float:
+        if isinstance(node, ast.Constant):
+            return node.value
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            return -reduce(node.operand)
+        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+            a, b = reduce(node.left), reduce(node.right)
+            c = _OPS[type(node.op)](a, b)
+            lines.append(f"{_fmt(a)} {_SYMBOL[type(node.op)]} {_fmt(b)} = {_fmt(c)}")
+            return c
+        raise ValueError(f"unsupported expression {expression!r}")
+
+    reduce(tree)
+    return lines
+
+
+def _plain_number(text: str) -> float | None:
+    """Fast path for the common case: a plain number, maybe with commas, $ or a trailing period."""
+    t = text.strip().strip("$").rstrip(".").replace(",", "")
+    m = re.fullmatch(r"\\boxed\{(.*)\}", t)
+    t = m.group(1).strip() if m else t
+    try:
+        return float(t)
+    except ValueError:
+        return None
+
+
+@lru_cache(maxsize=65536)
+def equivalent(prediction: str, reference: str) -> bool:
+    """Mathematical equivalence: `\\frac{1}{2}` == `0.5`, `1,000` == `1000`, `\\boxed{7}` == `7`."""
+    a, b = _plain_number(prediction), _plain_number(reference)
+    if a is not None and b is not None:
+        return abs(a - b) <= 1e-6 * max(1.0, abs(b))
+    try:
+        from math_verify import parse, verify
+
+        gold = parse(reference if "$" in reference or "\\" in reference else f"${reference}$")
+        pred = parse(prediction if "$" in prediction or "\\" in prediction else f"${prediction}$")
+        return bool(gold) and bool(pred) and bool(verify(gold, pred))
+    except Exception as exc:  # math-verify raises on exotic input; a failed parse is a wrong answer
+        log.debug("math-verify failed on %r vs %r: %s", prediction, reference, exc)
+        return False
+
+
+class MathDomain(Domain):
+    name = "math"
+
+    def __init__(
+        self,
+        sources: tuple[str, ...] | list[str] = ("basic_arithmetic",),
+        source_options: dict[str, dict] | None = None,
+        train_pool: int = 20000,
+        hub_benchmarks: tuple[str, ...] | list[str] = (),
+        **options: Any,
+    ) -> None:
+        super().__init__(**options)
+        self.sources = tuple(sources)
+        self.source_options = {
+            "basic_arithmetic": dict(
+                min_terms=2, max_terms=3, min_digits=1, max_digits=2, operators=("+", "-", "*"),
+                allow_parentheses=False, allow_negation=False,
+            ),
+            "gsm_symbolic": {},
+        }
+        for k, v in (source_options or {}).items():
+            self.source_options[k] = {**self.source_options.get(k, {}), **dict(v)}
+        self.train_pool = train_pool
+        self.hub_benchmarks = tuple(hub_benchmarks)
+
+    # -- documents ------------------------------------------------------------------------------
+    def _generate(self, source: str, size: int, seed: int) -> list[Document]:
+        import reasoning_gym as rg
+
+        opts = dict(self.source_options.get(source, {}))
+        if "operators" in opts:
+            opts["operators"] = tuple(opts["operators"])
+        ds = rg.create_dataset(source, seed=seed, size=size, **opts)
+        docs = []
+        for i in range(size):
+            item = ds[i]
+            question = item["question"].strip()
+            answer = str(item["answer"]).strip()
+            if source == "gsm_symbolic":
+                cot = item["metadata"].get("answer_cot", "")
+                steps = [ln.strip() for ln in cot.splitlines() if ln.strip() and not ln.startswith("####")]
+            else:
+                steps = working_lines(item["metadata"]["expression"])
+            text = "\n".join([f"Question: {question}", *steps, f"{self.answer_prefix} {answer}"])
+            docs.append(Document(id=f"{source}-{seed}-{i}", text=text, domain=self.name, meta={"source": source}))
+        return docs
+
+    def documents(self, split: str, size: int, seed: int) -> list[Document]:
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        per_source = [size // len(self.sources) + (i < size % len(self.sources)) for i in range(len(self.sources))]
+        docs: list[Document] = []
+        for source, n in zip(self.sources, per_source):
+            if split == "train":
+                docs += self._generate(source, n, seed)
+            else:
+                # held-out problems never appear in the training pool of the same seed
+                seen = {d.text.splitlines()[0] for d in self._generate(source, self.train_pool, seed)}
+                fresh = [d for d in self._generate(source, 4 * n + 100, seed + 1_000_000_007) if d.text.splitlines()[0] not in seen]
+                if len(fresh) < n:
+                    log.warning("math/%s: only %d held-out problems are disjoint from training", source, len(fresh))
+                docs += fresh[:n]
+        return docs
+
+    # -- constructor ----------------------------------------------------------------------------
+    def candidate_spans(self, doc: Document) -> list[tuple[int, int]]:
+        """Results of working steps and the final answer (last); never numbers in the question."""
+        spans = []
+        offset = 0
+        for i, line in enumerate(doc.text.splitlines(keepends=True)):
+            if i > 0:
+                if line.startswith(self.answer_prefix):
+                    a = offset + len(self.answer_prefix) + 1
+                    spans.append((a, offset + len(line.rstrip("\n"))))
+                elif "=" in line:
+                    rhs = line.index("=") + 1
+                    m = _NUMBER.search(line, rhs)
+                    if m:
+                        spans.append((offset + m.start(), offset + m.end()))
+            offset += len(line)
+        return spans
+
+    def unsolvable_reason(self, doc: Document, start: int, end: int) -> str:
+        if "\n" not in doc.text[:start]:
+            return "span lies in the question"
+        if not any(ch.isdigit() for ch in doc.text[start:end]):
+            return "span holds no number to compute"
+        return ""
+
+    def make_task(self, doc: Document, start: int, end: int) -> Task:
+        text = doc.text
+        line_start = text.rfind("\n", 0, start) + 1
+        reference = text[start:end].strip()
+        question = text.split("\n", 1)[0]
+        if text.startswith(self.answer_prefix, line_start):
+            prompt = question
+            solution = text.split("\n", 1)[1]
+        else:
+            line_end = text.find("\n", end)
+            line_end = len(text) if line_end < 0 else line_end
+            prompt = text[:start] + MASK + text[end:line_end]
+            step = text[line_start:line_end]
+            solution = f"{step}\n{self.answer_prefix} {reference}"
+        return Task(
+            id=f"{doc.id}@{start}", domain=self.name, prompt=prompt, reference=reference, doc_id=doc.id,
+            meta={"solution": solution},
+        )
+
+    # -- solver ---------------------------------------------------------------------------------
+    def extract_answer(self, completion: str) -> str | None:
+        boxed = re.findall(r"\\boxed\{([^{}]*)\}", completion)
+        if boxed:
+            return boxed[-1].strip()
+        return super().extract_answer(completion)
+
+    def verify(self, prediction: str, reference: str, *, task: Task | None = None) -> bool:
+        if not isinstance(prediction, str) or not prediction.strip():
+            return False
+        answer = self.extract_answer(prediction) if (self.answer_prefix in prediction or "\\boxed" in prediction) else prediction
+        return answer is not None and equivalent(answer.strip(), str(reference).strip())
+
+    def solution_text(self, task: Task) -> str:
+        return task.meta.get("solution") or f"{self.answer_prefix} {task.reference}"
+
+    # -- oracle ---------------------------------------------------------------------------------
+    def critique(self, task: Task, completion: str) -> Critique:
+        """Checks every `a op b = c` line, then the final answer, and names the first mistake."""
+        for n, m in enumerate(_STEP.finditer(completion), start=1):
+            a, op, b, c = m.groups()
+            true = _APPLY[op](float(a), float(b)) if op in _APPLY else (float(a) / float(b) if float(b) else None)
+            if true is not None and abs(true - float(c)) > 1e-6:
+                text = (
+                    f"Step {n} is wrong: {a} {op} {b} is {_fmt(true)}, not {c}. "
+                    f"Every later step inherits this error, so redo the working from step {n}."
+                )
+                return Critique(f"{text}\n{verdict_line(False)}", False)
+        answer = self.extract_answer(completion)
+        if answer is None:
+            text = f"The solution never states a final answer on an '{self.answer_prefix}' line."
+            return Critique(f"{text}\n{verdict_line(False)}", False)
+        if self.verify(answer, task.reference):
+            return Critique(f"Each step checks out and the final answer {answer} is right.\n{verdict_line(True)}", True)
+        text = (
+            f"The arithmetic shown is consistent, but the final answer {answer} does not follow from the task: "
+            "a step is missing or an operation was applied in the wrong order (multiplication before addition)."
+        )
+        return Critique(f"{text}\n{verdict_line(False)}", False)
+
+    # -- evaluation -----------------------------------------------------------------------------
+    def benchmarks(self) -> dict[str, Callable[[int, int], list[Task]]]:
+        suites: dict[str, Callable[[int, int], list[Task]]] = {"math_heldout": self.heldout_tasks}
+        for name in self.hub_benchmarks:
+            suites[name] = lambda size, seed, _n=name: hub.math_benchmark(_n, size, seed, self)
+        return suites

@@ -1,0 +1,119 @@
+"""Evaluation that answers the paper's questions: accuracy, pass@k, self-correction, reviewer quality.
+
+For every benchmark suite of every evaluated domain:
+- pass@1: one greedy solution per task; pass@k: k sampled solutions (unbiased estimator);
+- self-correction (SCoRe): attempt 1 (greedy), the model's own critique without the reference,
+  attempt 2 revised under that critique; acc_t1, acc_t2, delta, delta_i_to_c, delta_c_to_i and the
+  edit-distance ratio between attempts;
+- reviewer quality: the reviewer (with reference) judges the sampled solutions of known correctness.
+
+Metrics are named `eval/<benchmark>/...`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from alive_exp import domains
+from alive_exp import metrics as M
+from alive_exp.domains.hub import HubUnavailable
+from alive_exp.roles import RoleTemplates, critique_body, parse_critique
+from alive_exp.rollout import Generator
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalSettings:
+    domains: list[str]
+    suites: list[str]
+    size: int
+    pass_k: list[int]
+    self_correction: bool
+    solver_tokens: int
+    reviewer_tokens: int
+    temperature: float
+    seed: int
+
+    @classmethod
+    def from_cfg(cls, cfg) -> EvalSettings:
+        b, g = cfg.benchmark, cfg.trainer.generation
+        return cls(list(b.eval_domains), list(b.eval_suites), b.eval_size, list(b.pass_k), b.self_correction,
+                   g.solver_tokens, g.reviewer_tokens, g.eval_temperature, cfg.seed)
+
+
+class Evaluator:
+    """Runs every suite through the policy's roles; `use_adapter(role)` picks the role's adapter."""
+
+    def __init__(self, settings: EvalSettings, generator: Generator, templates: RoleTemplates,
+                 solver_prompt: Callable, domain_options: dict[str, dict] | None = None) -> None:
+        self.s, self.gen, self.templates, self.solver_prompt = settings, generator, templates, solver_prompt
+        self.domain_options = domain_options or {}
+
+    def suites(self):
+        for name in self.s.domains:
+            domain = domains.get(name, **self.domain_options.get(name, {}))
+            for suite, build in domain.benchmarks().items():
+                if self.s.suites and suite not in self.s.suites:
+                    continue
+                try:
+                    tasks = build(self.s.size, self.s.seed)
+                except HubUnavailable as exc:
+                    log.warning("skipping %s: %s", suite, exc)
+                    continue
+                yield domain, suite, tasks
+
+    def __call__(self, module) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for domain, suite, tasks in self.suites():
+            out.update({f"eval/{suite}/{k}": v for k, v in self.evaluate(module.use_adapter, domain, tasks).items()})
+        return out
+
+    def evaluate(self, use_adapter: Callable[[str], None], domain, tasks) -> dict[str, float]:
+        if not tasks:
+            return {}
+        s = self.s
+        prompts = [self.solver_prompt(t) for t in tasks]
+        use_adapter("solver")
+        greedy = [g[0] for g in self.gen.generate(prompts, n=1, max_new_tokens=s.solver_tokens, temperature=0.0)]
+        t1 = [ok for ok, _ in domain.score_many([c.text for c in greedy], tasks)]
+        m: dict[str, float] = {"accuracy": M.mean([float(x) for x in t1]), "n_tasks": float(len(tasks))}
+        k_max = max(s.pass_k) if s.pass_k else 0
+        sampled_texts: list[str] = []
+        sampled_ok: list[bool] = []
+        if k_max:
+            groups = self.gen.generate(prompts, n=k_max, max_new_tokens=s.solver_tokens, temperature=s.temperature,
+                                       seed=s.seed + 17)
+            sampled_texts = [c.text for g in groups for c in g]
+            sampled_ok = [ok for ok, _ in domain.score_many(sampled_texts, [t for t in tasks for _ in range(k_max)])]
+            for k in s.pass_k:
+                per_task = [sum(sampled_ok[i * k_max:(i + 1) * k_max]) for i in range(len(tasks))]
+                m[f"pass_at_{k}"] = M.mean([M.pass_at_k(k_max, c, k) for c in per_task])
+        if s.self_correction:
+            m.update(self.self_correction(use_adapter, domain, tasks, greedy, t1))
+        if sampled_texts:
+            review_tasks = [t for t in tasks for _ in range(k_max)]
+            rprompts = [self.templates.render("reviewer", task=t.prompt, reference=t.reference, solution=x)
+                        for t, x in zip(review_tasks, sampled_texts)]
+            use_adapter("reviewer")
+            verdicts = [parse_critique(g[0].text).verdict for g in
+                        self.gen.generate(rprompts, n=1, max_new_tokens=s.reviewer_tokens, temperature=0.0)]
+            m.update({f"reviewer/{k}": v for k, v in M.reviewer_quality(verdicts, sampled_ok).items()})
+        return m
+
+    def self_correction(self, use_adapter, domain, tasks, attempt1, t1) -> dict[str, float]:
+        """SCoRe protocol: critique without the reference, then a revision under that critique."""
+        s = self.s
+        use_adapter("reviewer")
+        cprompts = [self.templates.render("reviewer_blind", task=t.prompt, solution=c.text) for t, c in zip(tasks, attempt1)]
+        critiques = [g[0].text for g in self.gen.generate(cprompts, n=1, max_new_tokens=s.reviewer_tokens, temperature=0.0)]
+        use_adapter("solver")
+        rprompts = [self.templates.render("refiner", task=t.prompt, solution=c.text, critique=critique_body(k))
+                    for t, c, k in zip(tasks, attempt1, critiques)]
+        attempt2 = [g[0] for g in self.gen.generate(rprompts, n=1, max_new_tokens=s.solver_tokens, temperature=0.0)]
+        t2 = [ok for ok, _ in domain.score_many([c.text for c in attempt2], tasks)]
+        sc = M.self_correction(t1, t2)
+        sc["edit_distance_ratio"] = M.mean([M.edit_distance_ratio(a.text, b.text) for a, b in zip(attempt1, attempt2)])
+        return {f"self_correction/{k}": v for k, v in sc.items()}

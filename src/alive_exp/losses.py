@@ -1,0 +1,134 @@
+"""Advantage estimators and the one loss every role trains with.
+
+A role's batch is a list of `Sample`s: a policy-gradient sample carries an advantage, a likelihood
+target (oracle critique, distilled revision, FCP) carries a weight. One token-level loss covers both:
+
+    loss = sum_tokens [ -A * ratio_clipped  +  kl_coef * KL_k3  -  w * log p ] / tokens
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+ADVANTAGES: dict[str, Callable[[list[float]], list[float]]] = {}
+
+
+def advantage(name: str):
+    def deco(fn):
+        ADVANTAGES[name] = fn
+        return fn
+
+    return deco
+
+
+@advantage("grpo")
+def grpo(rewards: list[float]) -> list[float]:
+    """Group-relative: reward minus the group mean (std scaling is applied by `group_advantages`)."""
+    mean = sum(rewards) / len(rewards)
+    return [r - mean for r in rewards]
+
+
+@advantage("rloo")
+def rloo(rewards: list[float]) -> list[float]:
+    """Leave-one-out baseline: each sample is compared with the mean of the others."""
+    n = len(rewards)
+    if n < 2:
+        return [0.0] * n
+    total = sum(rewards)
+    return [r - (total - r) / (n - 1) for r in rewards]
+
+
+@advantage("batch")
+def batch_mean(rewards: list[float]) -> list[float]:
+    return grpo(rewards)
+
+
+def group_advantages(groups: list[list[float]], estimator: str, scale_by_std: bool) -> list[list[float]]:
+    """Advantages per group; `batch` pools all groups into one (a per-role baseline, as in TRR++)."""
+    if estimator not in ADVANTAGES:
+        raise KeyError(f"unknown advantage estimator {estimator!r}; known: {', '.join(ADVANTAGES)}")
+    fn = ADVANTAGES[estimator]
+    if estimator == "batch":
+        flat = [r for g in groups for r in g]
+        adv = fn(flat) if flat else []
+        out, i = [], 0
+        for g in groups:
+            out.append(adv[i:i + len(g)])
+            i += len(g)
+        return [_scaled(a, [r for g in groups for r in g], scale_by_std) for a in out]
+    return [_scaled(fn(g), g, scale_by_std) for g in groups]
+
+
+def _scaled(adv: list[float], rewards: list[float], scale_by_std: bool) -> list[float]:
+    if not scale_by_std or len(rewards) < 2:
+        return adv
+    t = torch.tensor(rewards, dtype=torch.float64)
+    std = float(t.std())
+    return [a / (std + 1e-4) for a in adv]
+
+
+@dataclass
+class Sample:
+    """One sequence a role learns from: a policy-gradient sample or a likelihood target."""
+
+    role: str
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    advantage: float = 0.0
+    nll_weight: float = 0.0
+    kind: str = "pg"  # pg | oracle | distill | fcp (for logging)
+
+
+def _batch(samples: list[Sample], pad_id: int, device: torch.device):
+    seqs = [s.prompt_ids + s.completion_ids for s in samples]
+    width = max(len(x) for x in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(seqs), width), dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.float32)
+    for i, (s, seq) in enumerate(zip(samples, seqs)):
+        ids[i, : len(seq)] = torch.tensor(seq)
+        attn[i, : len(seq)] = 1
+        mask[i, len(s.prompt_ids): len(seq)] = 1.0
+    return ids.to(device), attn.to(device), mask.to(device)
+
+
+def token_logprobs(model, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+    """log p(token_t | tokens_<t) for every position (position 0 gets 0)."""
+    logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    return torch.nn.functional.pad(logp, (1, 0))
+
+
+def role_loss(model, samples: list[Sample], *, pad_id: int, clip_eps: float, kl_coef: float,
+              total_tokens: int, reference_logps: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """Loss of one micro-batch, normalised by the role's total completion tokens in the step."""
+    device = next(model.parameters()).device
+    ids, attn, mask = _batch(samples, pad_id, device)
+    logp = token_logprobs(model, ids, attn)
+    adv = torch.tensor([s.advantage for s in samples], device=device).unsqueeze(1)
+    w = torch.tensor([s.nll_weight for s in samples], device=device).unsqueeze(1)
+    # one update per rollout: old log-probs equal the current ones, so the ratio is 1 with a live gradient
+    ratio = torch.exp(logp - logp.detach())
+    pg = -torch.min(ratio * adv, torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps) * adv)
+    per_token = pg - w * logp
+    kl = torch.zeros((), device=device)
+    if kl_coef > 0 and reference_logps is not None:
+        delta = reference_logps - logp
+        kl_tok = torch.exp(delta) - delta - 1  # k3 estimator, non-negative
+        per_token = per_token + kl_coef * kl_tok
+        kl = (kl_tok * mask).sum() / mask.sum().clamp(min=1)
+    loss = (per_token * mask).sum() / max(total_tokens, 1)
+    nll = -(logp * mask).sum() / mask.sum().clamp(min=1)
+    return loss, {"kl": float(kl.detach()), "nll": float(nll.detach()), "tokens": float(mask.sum())}
+
+
+@torch.no_grad()
+def reference_logprobs(model, samples: list[Sample], pad_id: int, disable_adapters) -> torch.Tensor:
+    """Log-probs under the reference policy: the base model with every adapter disabled."""
+    device = next(model.parameters()).device
+    ids, attn, _ = _batch(samples, pad_id, device)
+    with disable_adapters():
+        return token_logprobs(model, ids, attn)

@@ -1,0 +1,79 @@
+"""Metrics as plain functions: reviewer quality, constructor statistics, self-correction (SCoRe), pass@k."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from math import comb
+
+SOLVE_RATE_BINS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def reviewer_quality(verdicts: Sequence[bool | None], correct: Sequence[bool]) -> dict[str, float]:
+    """Agreement with the reference check, and precision/recall at catching wrong solutions.
+
+    A missing verdict counts as a disagreement and as a missed catch.
+    """
+    n = len(correct)
+    if n == 0:
+        return {"agreement": 0.0, "precision": 0.0, "recall": 0.0}
+    agree = sum(v is not None and v == c for v, c in zip(verdicts, correct))
+    flagged = [v is False for v in verdicts]
+    wrong = [not c for c in correct]
+    tp = sum(f and w for f, w in zip(flagged, wrong))
+    return {
+        "agreement": agree / n,
+        "precision": tp / sum(flagged) if any(flagged) else 0.0,
+        "recall": tp / sum(wrong) if any(wrong) else 0.0,
+    }
+
+
+def solve_rate_histogram(rates: Sequence[float]) -> dict[str, float]:
+    """Share of tasks per solve-rate bin: 0, (0, .25], (.25, .5], (.5, .75], (.75, 1) and 1."""
+    labels = ["0", "0-25", "25-50", "50-75", "75-100", "100"]
+    counts = dict.fromkeys(labels, 0)
+    for r in rates:
+        if r <= 0:
+            counts["0"] += 1
+        elif r >= 1:
+            counts["100"] += 1
+        else:
+            counts[labels[1 + min(3, int(r * 4 - 1e-9))]] += 1
+    total = max(len(rates), 1)
+    return {k: v / total for k, v in counts.items()}
+
+
+def self_correction(t1: Sequence[bool], t2: Sequence[bool]) -> dict[str, float]:
+    """SCoRe's metrics over paired attempts: Acc@t1, Acc@t2, delta, delta(i->c), delta(c->i)."""
+    n = len(t1)
+    if n != len(t2):
+        raise ValueError(f"attempt lists differ in length: {n} vs {len(t2)}")
+    if n == 0:
+        return {k: 0.0 for k in ("acc_t1", "acc_t2", "delta", "delta_i_to_c", "delta_c_to_i")}
+    acc1, acc2 = sum(t1) / n, sum(t2) / n
+    i_to_c = sum((not a) and b for a, b in zip(t1, t2)) / n
+    c_to_i = sum(a and (not b) for a, b in zip(t1, t2)) / n
+    return {"acc_t1": acc1, "acc_t2": acc2, "delta": acc2 - acc1, "delta_i_to_c": i_to_c, "delta_c_to_i": c_to_i}
+
+
+def edit_distance_ratio(a: str, b: str) -> float:
+    """How much attempt 2 changed attempt 1: 0 = identical, 1 = nothing in common."""
+    return 1.0 - difflib.SequenceMatcher(None, a, b).ratio()
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k estimator (Chen et al. 2021) from n samples with c correct."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - comb(n - c, k) / comb(n, k)
+
+
+def mean(xs: Sequence[float]) -> float:
+    return sum(xs) / len(xs) if xs else 0.0
+
+
+def std(xs: Sequence[float]) -> float:
+    if len(xs) < 2:
+        return 0.0
+    m = mean(xs)
+    return (sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5

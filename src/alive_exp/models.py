@@ -1,0 +1,164 @@
+"""The policy: a Hugging Face causal LM (the tiny local one or a hub model) with one LoRA adapter per role.
+
+`model=tiny` trains a byte-level BPE tokenizer on the domain corpus and builds a small Qwen2-architecture
+model once, caches both under `<data_dir>/models/`, and loads them back with `from_pretrained` like any
+hub model. Real models load by hub id or local path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from alive_exp import domains
+from alive_exp.roles import ROLES
+
+log = logging.getLogger(__name__)
+
+SPECIAL = {"pad": "<|pad|>", "bos": "<|endoftext|>", "eos": "<|im_end|>", "start": "<|im_start|>"}
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+SHARED_ADAPTER = "policy"
+
+
+def _tiny_key(cfg: DictConfig, corpus_domains: list[str]) -> str:
+    spec = {"tiny": OmegaConf.to_container(cfg.tiny, resolve=True), "domains": sorted(corpus_domains), "v": 1}
+    return hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def tokenizer_corpus(corpus_domains: list[str], size: int, seed: int) -> list[str]:
+    """Text the tiny tokenizer learns from: each domain's training documents plus the role vocabulary."""
+    texts: list[str] = []
+    for name in corpus_domains:
+        texts += [d.text for d in domains.get(name).documents("train", size, seed)]
+    texts += [
+        "Task: Span: Verdict: correct incorrect Critique: Step is wrong not right Answer: Revise the solution "
+        "Document: Feedback: Solve the task. Review the solution against the reference. [MASK]"
+    ] * 50
+    return texts
+
+
+def build_tiny(cfg: DictConfig, data_dir: str | Path, corpus_domains: list[str]) -> Path:
+    """Build (once) and cache the tiny tokenizer and randomly initialised model; return their folder."""
+    path = Path(data_dir) / "models" / f"tiny-{_tiny_key(cfg, corpus_domains)}"
+    if (path / "config.json").exists() and (path / "tokenizer.json").exists():
+        return path
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+    t = cfg.tiny
+    log.info("building tiny model and tokenizer at %s", path)
+    tok = Tokenizer(models.BPE())
+    # every digit its own token: arithmetic stays learnable for a small model
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=int(t.vocab_size), special_tokens=list(SPECIAL.values()),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tok.train_from_iterator(tokenizer_corpus(corpus_domains, int(t.corpus_docs), int(t.seed)), trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token=SPECIAL["pad"], bos_token=SPECIAL["bos"], eos_token=SPECIAL["eos"],
+        additional_special_tokens=[SPECIAL["start"]],
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    torch.manual_seed(int(t.seed))
+    config = Qwen2Config(
+        vocab_size=len(fast), hidden_size=int(t.hidden_size), intermediate_size=int(t.intermediate_size),
+        num_hidden_layers=int(t.num_layers), num_attention_heads=int(t.num_heads),
+        num_key_value_heads=int(t.num_kv_heads), max_position_embeddings=int(t.max_position_embeddings),
+        tie_word_embeddings=True, pad_token_id=fast.pad_token_id, bos_token_id=fast.bos_token_id,
+        eos_token_id=fast.eos_token_id,
+    )
+    model = Qwen2ForCausalLM(config)
+    tmp = path.with_name(path.name + ".tmp")
+    fast.save_pretrained(tmp)
+    model.save_pretrained(tmp)
+    tmp.rename(path)  # atomic: a half-built model is never picked up
+    return path
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    return tok
+
+
+def load_base(cfg: DictConfig, data_dir: str | Path, corpus_domains: list[str]) -> tuple[Any, Any, str]:
+    """(model, tokenizer, path) for `cfg.model`; a clear error when a hub model cannot be had offline."""
+    from transformers import AutoModelForCausalLM
+
+    if cfg.init_from:
+        path = str(cfg.init_from)
+    elif cfg.source == "tiny":
+        path = str(build_tiny(cfg, data_dir, corpus_domains))
+    else:
+        path = str(cfg.pretrained)
+    dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.dtype]
+    try:
+        tok = load_tokenizer(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=cfg.attn_implementation)
+    except OSError as exc:
+        raise RuntimeError(
+            f"could not load model {path!r} ({exc.__class__.__name__}). Offline with no cached weights, "
+            "a hub model cannot be downloaded: run once with hub access, point model.pretrained at a local "
+            "folder, or use model=tiny."
+        ) from exc
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tok.pad_token_id
+    return model, tok, path
+
+
+def adapter_names(cfg: DictConfig) -> list[str]:
+    """Adapter per role, one shared adapter, or none (full fine-tune)."""
+    if cfg.finetune == "full":
+        return []
+    return list(ROLES) if cfg.adapters == "per_role" else [SHARED_ADAPTER]
+
+
+def attach_adapters(model: Any, cfg: DictConfig) -> Any:
+    """Wrap the base model with PEFT LoRA adapters (per role or shared); full fine-tune returns it as is."""
+    names = adapter_names(cfg)
+    if not names:
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=int(cfg.lora.r), lora_alpha=int(cfg.lora.alpha), lora_dropout=float(cfg.lora.dropout),
+        target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(model, lora, adapter_name=names[0])
+    for name in names[1:]:
+        model.add_adapter(name, lora)
+    return model
+
+
+def role_adapter(cfg: DictConfig, role: str) -> str | None:
+    names = adapter_names(cfg)
+    if not names:
+        return None
+    return role if cfg.adapters == "per_role" else SHARED_ADAPTER
+
+
+def adapter_parameters(model: Any, adapter: str | None) -> list[torch.nn.Parameter]:
+    """The parameters one optimizer owns: those of one adapter, or all (full fine-tune)."""
+    if adapter is None:
+        return [p for p in model.parameters()]
+    params = [p for n, p in model.named_parameters() if f".{adapter}." in n]
+    if not params:
+        raise RuntimeError(f"adapter {adapter!r} has no parameters; check model.lora.target_modules")
+    return params

@@ -1,0 +1,261 @@
+"""The LightningModule around the ALIVE step: role-specific optimizers, manual optimization, checkpoints.
+
+Two pitfalls handled deliberately:
+- Lightning's `global_step` counts every `optimizer.step()`, so with three optimizers it runs three
+  times faster than training; `alive_step` counts ALIVE steps and is what metrics are logged against.
+- PEFT's `set_adapter` switches `requires_grad` off for the other adapters and Lightning's
+  `toggle_optimizer` rewrites it too. We use only PEFT's mechanism (`use_adapter`) and never toggle.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import time
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+
+from alive_exp import metrics as M
+from alive_exp.alive import AliveStep
+from alive_exp.losses import Sample, reference_logprobs, role_loss
+from alive_exp.models import adapter_parameters, role_adapter
+from alive_exp.roles import ROLES
+
+log = logging.getLogger(__name__)
+
+
+class PhaseTimer:
+    """Named wall-clock timers, one per phase, read and reset every step."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] += time.perf_counter() - start
+
+    def pop(self) -> dict[str, float]:
+        out, self.seconds = dict(self.seconds), defaultdict(float)
+        return out
+
+
+def _schedule(opt_cfg, max_steps: int):
+    def factor(step: int) -> float:
+        if step < opt_cfg.warmup_steps:
+            return (step + 1) / (opt_cfg.warmup_steps + 1)
+        progress = min(1.0, (step - opt_cfg.warmup_steps) / max(1, max_steps - opt_cfg.warmup_steps))
+        if opt_cfg.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        if opt_cfg.schedule == "linear":
+            return 1.0 - progress
+        if opt_cfg.schedule == "constant":
+            return 1.0
+        raise ValueError(f"unknown schedule {opt_cfg.schedule!r}: use constant, cosine or linear")
+
+    return factor
+
+
+class AliveModule(pl.LightningModule):
+    def __init__(self, cfg, model, tokenizer, domain, oracle, templates, reward_mode, generator, corpus,
+                 evaluator=None) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.strict_loading = False  # checkpoints hold trainable weights only
+        self.cfg, self.model, self.tokenizer, self.domain, self.corpus = cfg, model, tokenizer, domain, corpus
+        self.generator, self.evaluator = generator, evaluator
+        self.timer = PhaseTimer()
+        self.step_impl = AliveStep(cfg=cfg, domain=domain, generator=generator, templates=templates,
+                                   reward_mode=reward_mode, oracle=oracle, timer=self.timer,
+                                   use_adapter=self.use_adapter)
+        self.alive_step = 0
+        self.mlflow_run_id: str | None = None
+        self.transcripts: list[dict[str, Any]] = []
+        self.history: list[dict[str, float]] = []
+        # optimizer groups: per_role -> one per role; shared or full fine-tune -> one for all roles
+        self.groups: list[tuple[str | None, list[str]]] = []
+        for role in ROLES:
+            adapter = role_adapter(cfg.model, role)
+            for a, roles in self.groups:
+                if a == adapter:
+                    roles.append(role)
+                    break
+            else:
+                self.groups.append((adapter, [role]))
+
+    # -- adapters and optimizers -------------------------------------------------------------------
+    def use_adapter(self, role: str) -> None:
+        adapter = role_adapter(self.cfg.model, role)
+        if adapter is not None and self.model.active_adapter != adapter:
+            self.model.set_adapter(adapter)  # also sets requires_grad: only this adapter trains
+
+    def disable_adapters(self):
+        return self.model.disable_adapter() if role_adapter(self.cfg.model, "solver") else contextlib.nullcontext()
+
+    def configure_optimizers(self):
+        opts, scheds = [], []
+        for adapter, roles in self.groups:
+            oc = self.cfg.trainer.optim[roles[0] if len(roles) == 1 else "solver"]
+            opt = torch.optim.AdamW(adapter_parameters(self.model, adapter), lr=oc.lr, weight_decay=oc.weight_decay,
+                                    betas=tuple(oc.betas))
+            opts.append(opt)
+            scheds.append({"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, _schedule(oc, self.cfg.trainer.max_steps)),
+                           "interval": "step"})
+        return opts, scheds
+
+    # -- the step ----------------------------------------------------------------------------------
+    def training_step(self, batch, batch_idx):
+        step, s = self.alive_step, self.step_impl
+        t0 = time.perf_counter()
+        docs = self.corpus.for_step(step)
+        with self.timer("construct"):
+            proposals, tasks = s.construct(docs, step)
+        with self.timer("solve"):
+            attempts = s.solve(tasks, step)
+        with self.timer("review"):
+            warmup = s.review(attempts, step)
+        with self.timer("refine"):
+            s.refine(attempts, step)
+        with self.timer("update"):
+            samples = s.samples(proposals, attempts, warmup)
+            losses = self.learn(samples)
+        metrics = self.step_metrics(proposals, attempts, samples, losses, warmup)
+        metrics.update({f"time/{k}": v for k, v in self.timer.pop().items()})
+        metrics["time/step"] = time.perf_counter() - t0
+        self.alive_step += 1
+        if self.evaluator is not None and self.cfg.trainer.eval_every and self.alive_step % self.cfg.trainer.eval_every == 0:
+            metrics.update(self.evaluator(self))
+        self.record(metrics, proposals, attempts)
+        self.log("reward", metrics["train/reward_mean"], prog_bar=True, logger=False)
+        self.log("acc", metrics["solver/accuracy"], prog_bar=True, logger=False)
+        return None
+
+    def learn(self, samples: dict[str, list[Sample]]) -> dict[str, dict[str, float]]:
+        """One optimizer step per group; in a shared group the role losses are summed with their weights."""
+        opts = self.optimizers()
+        opts = opts if isinstance(opts, list) else [opts]
+        scheds = self.lr_schedulers()
+        scheds = scheds if isinstance(scheds, list) else [scheds]
+        stats: dict[str, dict[str, float]] = {}
+        mb = self.cfg.trainer.micro_batch_size
+        for (adapter, roles), opt, sched in zip(self.groups, opts, scheds):
+            opt.zero_grad(set_to_none=True)
+            stepped = False
+            for role in roles:
+                batch = samples.get(role, [])
+                weight = self.cfg.trainer.optim[role].loss_weight
+                total = sum(len(x.completion_ids) for x in batch)
+                st = {"loss": 0.0, "kl": 0.0, "nll": 0.0}
+                if batch:
+                    self.use_adapter(role)
+                    for i in range(0, len(batch), mb):
+                        chunk = batch[i:i + mb]
+                        ref = None
+                        if self.cfg.reward.kl_coef > 0 and adapter is not None:
+                            ref = reference_logprobs(self.model, chunk, self.tokenizer.pad_token_id, self.disable_adapters)
+                        loss, info = role_loss(self.model, chunk, pad_id=self.tokenizer.pad_token_id,
+                                               clip_eps=self.cfg.reward.clip_eps, kl_coef=self.cfg.reward.kl_coef,
+                                               total_tokens=total, reference_logps=ref)
+                        self.manual_backward(weight * loss)
+                        frac = len(chunk) / len(batch)
+                        st["loss"] += float(loss.detach())
+                        st["kl"] += info["kl"] * frac
+                        st["nll"] += info["nll"] * frac
+                    stepped = True
+                stats[role] = st
+            if stepped:
+                clip = self.cfg.trainer.optim[roles[0] if len(roles) == 1 else "solver"].grad_clip
+                if clip and clip > 0:
+                    self.clip_gradients(opt, gradient_clip_val=clip, gradient_clip_algorithm="norm")
+                opt.step()
+            sched.step()
+        return stats
+
+    # -- metrics and transcripts -------------------------------------------------------------------
+    def step_metrics(self, proposals, attempts, samples, losses, warmup) -> dict[str, float]:
+        flat = [a for g in attempts for a in g]
+        m: dict[str, float] = {"train/step": float(self.alive_step), "train/warmup": float(warmup)}
+        rewards = [a.reward for a in flat]
+        m["train/reward_mean"], m["train/reward_std"] = M.mean(rewards), M.std(rewards)
+        m["train/loss"] = sum(s["loss"] for s in losses.values())
+        m["train/kl"] = losses.get("solver", {}).get("kl", 0.0)
+        m["train/tasks"] = float(len(attempts))
+        for role in ROLES:
+            m[f"{role}/loss"] = losses.get(role, {}).get("loss", 0.0)
+        m["solver/reward_mean"] = m["train/reward_mean"]
+        m["solver/accuracy"] = M.mean([float(a.correct) for a in flat])
+        m["solver/nll_targets"] = float(sum(1 for s in samples["solver"] if s.nll_weight > 0))
+        m["reviewer/reward_mean"] = M.mean([self.step_impl.reviewer_reward(a) for a in flat]) if not warmup else 0.0
+        q = M.reviewer_quality([a.critique.verdict for a in flat], [a.correct for a in flat])
+        m.update({f"reviewer/{k}": v for k, v in q.items()})
+        learned = [p for p in proposals if p.completion is not None]
+        m["constructor/valid_rate"] = M.mean([float(p.check.valid) for p in learned]) if learned else 0.0
+        m["constructor/reward_mean"] = M.mean([p.reward for p in learned]) if learned else 0.0
+        rates = [M.mean([float(a.correct) for a in g]) for g in attempts]
+        m.update({f"constructor/solve_rate_hist/{k}": v for k, v in M.solve_rate_histogram(rates).items()})
+        refined = [a for a in flat if a.revision is not None]
+        m["refine/count"] = float(len(refined))
+        m["refine/success_rate"] = M.mean([float(a.revision_correct) for a in refined]) if refined else 0.0
+        m["invalid/constructor"] = float(sum(not p.check.valid for p in learned))
+        m["invalid/solver"] = float(sum(a.answer is None for a in flat))
+        m["invalid/reviewer"] = float(sum(a.critique.verdict is None for a in flat))
+        for k, v in self.step_impl.tokens.items():
+            m[f"tokens/{k}"] = float(v)
+            self.step_impl.tokens[k] = 0
+        return m
+
+    def record(self, metrics, proposals, attempts) -> None:
+        self.history.append(metrics)
+        if self.logger is not None:
+            self.logger.log_metrics(metrics, step=self.alive_step)
+        every = self.cfg.trainer.log_transcripts_every
+        if not every or (self.alive_step - 1) % every:
+            return
+        k, step = self.cfg.trainer.transcripts_per_phase, self.alive_step - 1
+        for p in [p for p in proposals if p.completion is not None][:k]:
+            self.transcripts.append(dict(step=step, phase="construct", role="constructor", prompt=p.completion.prompt,
+                                         completion=p.completion.text, reward=p.reward,
+                                         outcome="valid" if p.check.valid else "invalid", reason=p.check.reason))
+        for a in [a for g in attempts for a in g][:k]:
+            self.transcripts.append(dict(step=step, phase="solve", role="solver", prompt=a.prompt, completion=a.completion.text,
+                                         reward=a.reward, outcome="correct" if a.correct else "incorrect",
+                                         reason="" if a.answer is not None else "no parseable answer"))
+            c = a.critique
+            self.transcripts.append(dict(step=step, phase="review", role="reviewer", prompt=a.critique_prompt,
+                                         completion=c.text, reward=self.step_impl.reviewer_reward(a),
+                                         outcome={True: "correct", False: "incorrect", None: "no verdict"}[c.verdict],
+                                         reason=c.error or ""))
+            if a.revision is not None:
+                self.transcripts.append(dict(step=step, phase="refine", role="solver", prompt=a.revision.prompt,
+                                             completion=a.revision.text, reward=float(a.revision_correct),
+                                             outcome="correct" if a.revision_correct else "incorrect", reason=""))
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        trainable = {n for n, p in self.named_parameters() if p.requires_grad or ".lora_" in n}
+        if role_adapter(self.cfg.model, "solver") is not None:
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable or ".lora_" in k}
+        checkpoint["alive"] = {
+            "alive_step": self.alive_step,
+            "mlflow_run_id": self.mlflow_run_id,
+            "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("alive", {})
+        self.alive_step = int(state.get("alive_step", 0))
+        self.mlflow_run_id = state.get("mlflow_run_id")
+        rng = state.get("rng")
+        if rng:
+            random.setstate(rng["python"])
+            np.random.set_state(rng["numpy"])
+            torch.set_rng_state(rng["torch"])

@@ -1,0 +1,120 @@
+"""Generation for every role: chat formatting, batched sampling, seeded per phase, tokens counted.
+
+Generation dominates the cost of RL for LLMs, so the numbers that matter are visible: every call
+returns its completions with their token ids and the count of generated tokens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Completion:
+    """One sampled completion with the ids the learner needs to score it again."""
+
+    prompt: str
+    text: str
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    truncated: bool
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.completion_ids)
+
+
+def phase_seed(seed: int, step: int, phase: str) -> int:
+    """A seed per (run seed, step, phase): phases draw from separate streams, so modes share data."""
+    return (seed * 1_000_003 + step * 9_176 + sum(ord(c) * 31**i for i, c in enumerate(phase))) % (2**31 - 1)
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Sample with `seed` without disturbing the global RNG streams (dropout, data order)."""
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+class Generator:
+    """Wraps `model.generate` for chat prompts; one instance serves every role and evaluation."""
+
+    def __init__(self, model, tokenizer, *, batch_size: int = 64, static_cache: bool = False,
+                 synced_gpus: bool = False) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.static_cache = static_cache
+        self.synced_gpus = synced_gpus
+        self.eos_ids = self._eos_ids()
+
+    def _eos_ids(self) -> list[int]:
+        ids = {self.tokenizer.eos_token_id}
+        eos = getattr(self.model.generation_config, "eos_token_id", None)
+        ids |= set(eos) if isinstance(eos, list) else {eos}
+        return sorted(i for i in ids if i is not None)
+
+    def chat(self, prompt: str) -> str:
+        return self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        return self.tokenizer(self.chat(prompt), add_special_tokens=False)["input_ids"]
+
+    def encode_completion(self, text: str) -> list[int]:
+        """Token ids of a target completion (for likelihood targets), ending in end-of-turn."""
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.eos_ids[0]]
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], *, n: int = 1, max_new_tokens: int = 64, temperature: float = 1.0,
+                 top_p: float = 1.0, seed: int | None = None) -> list[list[Completion]]:
+        """n completions for each prompt (greedy when temperature == 0), grouped per prompt."""
+        if not prompts:
+            return []
+        flat = [p for p in prompts for _ in range(n)]
+        out: list[Completion] = []
+        ctx = seeded(seed) if seed is not None else contextlib.nullcontext()
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with ctx:
+                for i in range(0, len(flat), self.batch_size):
+                    out += self._generate_batch(flat[i:i + self.batch_size], max_new_tokens, temperature, top_p)
+        finally:
+            self.model.train(was_training)
+        return [out[i * n:(i + 1) * n] for i in range(len(prompts))]
+
+    def _generate_batch(self, prompts: list[str], max_new_tokens: int, temperature: float,
+                        top_p: float) -> list[Completion]:
+        ids = [self.encode_prompt(p) for p in prompts]
+        width = max(len(x) for x in ids)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids])
+        attention = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
+        device = next(self.model.parameters()).device
+        kwargs = dict(
+            max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=self.eos_ids,
+            do_sample=temperature > 0,
+        )
+        if temperature > 0:
+            kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
+        if self.static_cache:
+            kwargs["cache_implementation"] = "static"
+        if self.synced_gpus:
+            kwargs["synced_gpus"] = True
+        seqs = self.model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs)
+        new = seqs[:, width:].tolist()
+        result = []
+        for prompt, p_ids, toks in zip(prompts, ids, new):
+            cut = next((j for j, t in enumerate(toks) if t in self.eos_ids), None)
+            kept = toks[: cut + 1] if cut is not None else [t for t in toks if t != pad]
+            text = self.tokenizer.decode(kept, skip_special_tokens=True)
+            result.append(Completion(prompt, text, p_ids, kept, truncated=cut is None))
+        return result

@@ -1,0 +1,150 @@
+"""`run(cfg)`: config -> objects -> Trainer.fit -> final evaluation -> MLflow. Called by the root train.py."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from alive_exp import domains, models, rewards, tracking
+from alive_exp.callbacks import AliveCheckpoint, TranscriptFlush
+from alive_exp.data import Corpus, StepIndices
+from alive_exp.evaluation import EvalSettings, Evaluator
+from alive_exp.module import AliveModule
+from alive_exp.oracles import Oracle, RuleOracle
+from alive_exp.roles import RoleTemplates
+from alive_exp.rollout import Generator
+
+log = logging.getLogger(__name__)
+
+
+def build_oracle(cfg: DictConfig) -> Oracle:
+    kind = cfg.oracle.kind
+    if kind == "rule":
+        return RuleOracle()
+    if kind == "http":
+        from alive_exp.oracles.http import HTTPOracle
+
+        return HTTPOracle(base_url=cfg.oracle.base_url, model=cfg.oracle.model, api_key_env=cfg.oracle.api_key_env,
+                          timeout_s=cfg.oracle.timeout_s, max_retries=cfg.oracle.max_retries,
+                          temperature=cfg.oracle.temperature, max_tokens=cfg.oracle.max_new_tokens)
+    if kind == "hf":
+        from alive_exp.oracles.hf import HFOracle
+
+        return HFOracle(model_name_or_path=cfg.oracle.model, max_new_tokens=cfg.oracle.max_new_tokens,
+                        temperature=cfg.oracle.temperature)
+    raise ValueError(f"unknown oracle.kind {kind!r}: use rule, hf or http")
+
+
+def output_dir(cfg: DictConfig) -> Path:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return Path(HydraConfig.get().runtime.output_dir)
+    except (ValueError, ImportError):
+        return Path(cfg.paths.output_dir)
+
+
+def domain_options(cfg: DictConfig) -> dict[str, dict]:
+    """Options of the training domain; evaluated domains other than it use their defaults."""
+    return {cfg.benchmark.domain: OmegaConf.to_container(cfg.benchmark.options, resolve=True) or {}}
+
+
+def resolve_resume(cfg: DictConfig, out: Path) -> str | None:
+    if not cfg.resume:
+        return None
+    path = out / "checkpoints" / "last.ckpt" if cfg.resume == "auto" else Path(cfg.resume)
+    if cfg.resume == "auto" and not path.exists():
+        return None
+    if not path.exists():
+        raise FileNotFoundError(f"resume={cfg.resume!r}: no checkpoint at {path}")
+    return str(path)
+
+
+def build(cfg: DictConfig, evaluate: bool = True) -> AliveModule:
+    """Every object of a run, wired together; no Trainer yet."""
+    if cfg.hardware.torch_threads:
+        torch.set_num_threads(cfg.hardware.torch_threads)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    options = domain_options(cfg)
+    domain = domains.get(cfg.benchmark.domain, **options[cfg.benchmark.domain])
+    corpus_domains = sorted({cfg.benchmark.domain, *cfg.benchmark.eval_domains})
+    base, tokenizer, _ = models.load_base(cfg.model, cfg.paths.data_dir, corpus_domains)
+    model = models.attach_adapters(base, cfg.model)
+    model.train()
+    templates = RoleTemplates(**OmegaConf.to_container(cfg.roles, resolve=True))
+    mode = rewards.build(cfg.reward.mode, templates)
+    generator = Generator(model, tokenizer, batch_size=cfg.trainer.generation.batch_size,
+                          static_cache=cfg.hardware.static_cache)
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0)))
+    corpus = Corpus(domain, cfg.benchmark.train_docs, cfg.seed, cfg.trainer.docs_per_step, rank=rank, world=world)
+    evaluator = Evaluator(EvalSettings.from_cfg(cfg), generator, templates, mode.solver_prompt, options) if evaluate else None
+    return AliveModule(cfg, model, tokenizer, domain, build_oracle(cfg), templates, mode, generator, corpus, evaluator)
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Train for `trainer.max_steps` ALIVE steps, evaluate, log everything to MLflow; returns final metrics."""
+    out = output_dir(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = resolve_resume(cfg, out)
+    module = build(cfg)
+    run_id = torch.load(ckpt, map_location="cpu", weights_only=False).get("alive", {}).get("mlflow_run_id") if ckpt else None
+    logger = tracking.make_logger(cfg, run_id=run_id, parent_run_id=sweep_parent_id(cfg))
+    tracking.log_config(logger, cfg)
+    module.mlflow_run_id = logger.run_id
+    callbacks: list[pl.Callback] = [TranscriptFlush(cfg.trainer.checkpoint_every),
+                                    AliveCheckpoint(out / "checkpoints", cfg.trainer.checkpoint_every)]
+    if cfg.trainer.progress_bar:
+        from pytorch_lightning.callbacks import RichProgressBar
+
+        callbacks.append(RichProgressBar(leave=True))
+    trainer = pl.Trainer(
+        accelerator=cfg.hardware.accelerator, devices=cfg.hardware.devices, num_nodes=cfg.hardware.num_nodes,
+        strategy=cfg.hardware.strategy, precision=cfg.hardware.precision, logger=logger, callbacks=callbacks,
+        max_epochs=1, max_steps=-1, enable_checkpointing=False, enable_model_summary=False,
+        enable_progress_bar=cfg.trainer.progress_bar, num_sanity_val_steps=0, log_every_n_steps=1,
+        default_root_dir=str(out),
+    )
+    loader = torch.utils.data.DataLoader(StepIndices(module, cfg.trainer.max_steps), batch_size=None)
+    trainer.fit(module, loader, ckpt_path=ckpt)
+    final: dict[str, float] = dict(module.history[-1]) if module.history else {}
+    if cfg.trainer.eval_at_end and module.evaluator is not None:
+        scores = module.evaluator(module)
+        if trainer.is_global_zero:
+            logger.log_metrics(scores, step=module.alive_step)
+        final.update(scores)
+    if trainer.is_global_zero:
+        save_policy(module, out / "policy")
+        logger.experiment.log_dict(logger.run_id, final, "final_metrics.json")
+        logger.finalize("success")
+    final["mlflow_run_id"] = logger.run_id
+    final["output_dir"] = str(out)
+    return final
+
+
+def save_policy(module: AliveModule, path: Path) -> None:
+    """Adapters (or the full model) and tokenizer, loadable with from_pretrained / PeftModel."""
+    module.model.save_pretrained(path)
+    module.tokenizer.save_pretrained(path)
+
+
+def sweep_parent_id(cfg: DictConfig) -> str | None:
+    """Under a Hydra multirun, the parent run shared by every job of the sweep."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+        if hc.mode != RunMode.MULTIRUN:
+            return None
+        exp_id = tracking.ensure_experiment(cfg.logger.tracking_uri, cfg.logger.experiment_name,
+                                           cfg.logger.artifact_location)
+        return tracking.sweep_parent(cfg.logger.tracking_uri, exp_id, hc.sweep.dir, list(hc.overrides.task))
+    except ValueError:
+        return None
