@@ -153,7 +153,9 @@ class AliveStep:
         out: dict[str, list[Sample]] = {"constructor": [], "solver": [], "reviewer": []}
         enc = self.gen.encode_completion
         # solver: group-relative policy gradient over N solutions, plus the mode's likelihood targets
-        groups = [self.mode.solver_rewards([a.correct for a in g], [a.critique for a in g]) for g in attempts]
+        groups = [self.mode.solver_rewards([a.prompt for a in g], [a.completion.text for a in g],
+                                          correct=[a.correct for a in g], critiques=[a.critique for a in g])
+                  for g in attempts]
         advs = group_advantages(groups, self.rcfg.advantage, self.rcfg.scale_by_std)
         for g, rewards, adv in zip(attempts, groups, advs):
             for a, r, ad in zip(g, rewards, adv):

@@ -49,20 +49,18 @@ class PhaseTimer:
         return out
 
 
-def _schedule(opt_cfg, max_steps: int):
-    def factor(step: int) -> float:
-        if step < opt_cfg.warmup_steps:
-            return (step + 1) / (opt_cfg.warmup_steps + 1)
-        progress = min(1.0, (step - opt_cfg.warmup_steps) / max(1, max_steps - opt_cfg.warmup_steps))
-        if opt_cfg.schedule == "cosine":
-            return 0.5 * (1 + math.cos(math.pi * progress))
-        if opt_cfg.schedule == "linear":
-            return 1.0 - progress
-        if opt_cfg.schedule == "constant":
-            return 1.0
-        raise ValueError(f"unknown schedule {opt_cfg.schedule!r}: use constant, cosine or linear")
-
-    return factor
+def lr_factor(opt_cfg, step: int, max_steps: int) -> float:
+    """Learning-rate multiplier at ALIVE step `step`: linear warm-up, then constant, cosine or linear decay."""
+    if step < opt_cfg.warmup_steps:
+        return (step + 1) / (opt_cfg.warmup_steps + 1)
+    progress = min(1.0, (step - opt_cfg.warmup_steps) / max(1, max_steps - opt_cfg.warmup_steps))
+    if opt_cfg.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    if opt_cfg.schedule == "linear":
+        return 1.0 - progress
+    if opt_cfg.schedule == "constant":
+        return 1.0
+    raise ValueError(f"unknown schedule {opt_cfg.schedule!r}: use constant, cosine or linear")
 
 
 class AliveModule(pl.LightningModule):
@@ -101,16 +99,16 @@ class AliveModule(pl.LightningModule):
     def disable_adapters(self):
         return self.model.disable_adapter() if role_adapter(self.cfg.model, "solver") else contextlib.nullcontext()
 
+    def group_optim(self, roles: list[str]):
+        """A shared group trains with the solver's optimizer settings."""
+        return self.cfg.trainer.optim[roles[0] if len(roles) == 1 else "solver"]
+
     def configure_optimizers(self):
-        opts, scheds = [], []
-        for adapter, roles in self.groups:
-            oc = self.cfg.trainer.optim[roles[0] if len(roles) == 1 else "solver"]
-            opt = torch.optim.AdamW(adapter_parameters(self.model, adapter), lr=oc.lr, weight_decay=oc.weight_decay,
-                                    betas=tuple(oc.betas))
-            opts.append(opt)
-            scheds.append({"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, _schedule(oc, self.cfg.trainer.max_steps)),
-                           "interval": "step"})
-        return opts, scheds
+        # the learning-rate schedule is applied per ALIVE step in `learn`, so it needs no scheduler state
+        return [torch.optim.AdamW(adapter_parameters(self.model, adapter), lr=self.group_optim(roles).lr,
+                                  weight_decay=self.group_optim(roles).weight_decay,
+                                  betas=tuple(self.group_optim(roles).betas))
+                for adapter, roles in self.groups]
 
     # -- the step ----------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
@@ -143,11 +141,12 @@ class AliveModule(pl.LightningModule):
         """One optimizer step per group; in a shared group the role losses are summed with their weights."""
         opts = self.optimizers()
         opts = opts if isinstance(opts, list) else [opts]
-        scheds = self.lr_schedulers()
-        scheds = scheds if isinstance(scheds, list) else [scheds]
         stats: dict[str, dict[str, float]] = {}
         mb = self.cfg.trainer.micro_batch_size
-        for (adapter, roles), opt, sched in zip(self.groups, opts, scheds):
+        for (adapter, roles), opt in zip(self.groups, opts):
+            oc = self.group_optim(roles)
+            for group in opt.param_groups:
+                group["lr"] = oc.lr * lr_factor(oc, self.alive_step, self.cfg.trainer.max_steps)
             opt.zero_grad(set_to_none=True)
             stepped = False
             for role in roles:
@@ -173,11 +172,9 @@ class AliveModule(pl.LightningModule):
                     stepped = True
                 stats[role] = st
             if stepped:
-                clip = self.cfg.trainer.optim[roles[0] if len(roles) == 1 else "solver"].grad_clip
-                if clip and clip > 0:
-                    self.clip_gradients(opt, gradient_clip_val=clip, gradient_clip_algorithm="norm")
+                if oc.grad_clip and oc.grad_clip > 0:
+                    self.clip_gradients(opt, gradient_clip_val=oc.grad_clip, gradient_clip_algorithm="norm")
                 opt.step()
-            sched.step()
         return stats
 
     # -- metrics and transcripts -------------------------------------------------------------------

@@ -58,8 +58,9 @@ class RewardMode(ABC):
         return self.templates.render("solver", task=task.prompt)
 
     @abstractmethod
-    def solver_rewards(self, correct: list[bool], critiques: list[Critique]) -> list[float]:
-        """Reward of each of a task's N solutions."""
+    def solver_rewards(self, prompts: list[str], completions: list[str], *, correct: list[bool],
+                       critiques: list[Critique]) -> list[float]:
+        """Reward of each of a task's N solutions (TRL's shape: prompts, completions, **columns)."""
 
     def targets(self, task: Task, solutions: list[str], critiques: list[Critique],
                 confirmed_revisions: list[str]) -> list[LikelihoodTarget]:
@@ -68,13 +69,13 @@ class RewardMode(ABC):
 
 @reward_mode("scalar")
 class Scalar(RewardMode):
-    def solver_rewards(self, correct, critiques):
+    def solver_rewards(self, prompts, completions, *, correct, critiques):
         return [float(c) for c in correct]
 
 
 @reward_mode("judge")
 class Judge(RewardMode):
-    def solver_rewards(self, correct, critiques):
+    def solver_rewards(self, prompts, completions, *, correct, critiques):
         return [float(c.verdict is True) for c in critiques]
 
 
@@ -92,7 +93,7 @@ class FeedbackConditional(RewardMode):
     def solver_prompt(self, task: Task) -> str:
         return self.templates.render("fcp_solver", task=task.prompt, critique=self.templates.fcp_positive)
 
-    def solver_rewards(self, correct, critiques):
+    def solver_rewards(self, prompts, completions, *, correct, critiques):
         return [float(c.verdict is True) for c in critiques]
 
     def targets(self, task, solutions, critiques, confirmed_revisions):

@@ -1,0 +1,49 @@
+"""Shared fixtures: offline, CPU, a Hydra-composed config rooted in a temporary folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+from alive_exp.config import register_configs  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+register_configs()
+
+
+def compose_cfg(overrides: list[str], root: Path | None = None) -> DictConfig:
+    """The config `python train.py <overrides>` would run with, rooted at `root`."""
+    extra = [f"paths.root_dir={root}"] if root is not None else []
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=[*overrides, *extra])
+
+
+@pytest.fixture(scope="session")
+def shared_data(tmp_path_factory) -> Path:
+    """One data folder for the session, so the tiny model and tokenizer are built once."""
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture
+def small_cfg(tmp_path, shared_data):
+    """A factory for tiny, fast configs: few docs, short generations, no progress bar."""
+
+    def make(*overrides: str) -> DictConfig:
+        base = [
+            "+experiment=math", f"paths.data_dir={shared_data}", "trainer.progress_bar=false",
+            "benchmark.train_docs=200", "benchmark.eval_size=4", "trainer.docs_per_step=4",
+            "trainer.max_tasks_per_step=4", "trainer.solutions_per_task=4", "trainer.generation.solver_tokens=24",
+            "trainer.generation.reviewer_tokens=24", "trainer.generation.constructor_tokens=12",
+        ]
+        return compose_cfg([*base, *overrides], tmp_path)
+
+    return make
