@@ -83,8 +83,8 @@ def equivalent(prediction: str, reference: str) -> bool:
     try:
         from math_verify import parse, verify
 
-        gold = parse(reference if "$" in reference or "\\" in reference else f"${reference}$")
-        pred = parse(prediction if "$" in prediction or "\\" in prediction else f"${prediction}$")
+        gold = parse(reference if "$" in reference else f"${reference}$")
+        pred = parse(prediction if "$" in prediction else f"${prediction}$")
         return bool(gold) and bool(pred) and bool(verify(gold, pred))
     except Exception as exc:  # math-verify raises on exotic input; a failed parse is a wrong answer
         log.debug("math-verify failed on %r vs %r: %s", prediction, reference, exc)

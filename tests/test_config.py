@@ -1,0 +1,68 @@
+"""Configs compose, experiments smoke-compose, and typos fail at start-up naming the key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from conftest import CONF, REPO, compose_cfg
+
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+GROUPS = ["model", "benchmark", "reward", "trainer", "hardware", "logger", "paths", "oracle", "roles"]
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_composes(name, tmp_path):
+    cfg = compose_cfg([f"+experiment={name}"], tmp_path)
+    assert cfg.experiment_name
+    assert cfg.benchmark.domain in ("math", "code", "logic")
+    assert cfg.paths.root_dir == str(tmp_path)
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_every_group_option_composes(group, tmp_path):
+    for option in sorted((CONF / group).glob("*.yaml")):
+        cfg = compose_cfg([f"{group}={option.stem}"], tmp_path)
+        assert cfg[group] is not None
+
+
+def test_every_group_file_documents_itself():
+    for path in CONF.rglob("*.yaml"):
+        first = path.read_text().lstrip().splitlines()[0]
+        assert first.startswith("#"), f"{path.relative_to(REPO)} lacks a comment header"
+
+
+def test_experiment_is_not_in_defaults():
+    assert "experiment" not in (CONF / "config.yaml").read_text().split("defaults:")[1].split("_self_")[0]
+
+
+def test_misspelled_key_names_the_key(tmp_path):
+    with pytest.raises((ConfigCompositionException, ConfigKeyError)) as err:
+        compose_cfg(["trainer.max_stepz=3"], tmp_path)
+    assert "max_stepz" in str(err.value) + str(err.value.__cause__)
+
+
+def test_wrong_type_names_the_key(tmp_path):
+    with pytest.raises((ConfigCompositionException, ValidationError)) as err:
+        compose_cfg(["trainer.optim.solver.lr=fast"], tmp_path)
+    assert "lr" in str(err.value) + str(err.value.__cause__)
+
+
+def test_train_py_rejects_typo_with_the_key_named(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "train.py", "+experiment=math", "reward.modee=scalar", f"paths.root_dir={tmp_path}"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "modee" in proc.stderr
+
+
+def test_tracking_uri_defaults_to_sqlite_in_root(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert compose_cfg([], tmp_path).logger.tracking_uri == f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////elsewhere/x.db")
+    assert compose_cfg([], tmp_path).logger.tracking_uri == "sqlite:////elsewhere/x.db"

@@ -1,0 +1,68 @@
+"""Math domain: documents, spans, tasks, the equivalence verifier and the rule-based critic."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from alive_exp import domains
+from alive_exp.domains.math import working_lines
+
+math = domains.get("math")
+
+
+@pytest.mark.parametrize(
+    "prediction, reference",
+    [("\\frac{1}{2}", "0.5"), ("1,000", "1000"), ("\\boxed{7}", "7"), ("7.0", "7"), ("-13", "-13"),
+     ("Answer: 42", "42"), ("1/4", "0.25"), ("$12$", "12"), ("2\\sqrt{2}", "\\sqrt{8}")],
+)
+def test_equivalent_forms_verify(prediction, reference):
+    assert math.verify(prediction, reference)
+
+
+@pytest.mark.parametrize("prediction, reference", [("8", "7"), ("-7", "7"), ("0.51", "0.5"), ("1000", "100")])
+def test_wrong_answers_fail(prediction, reference):
+    assert not math.verify(prediction, reference)
+
+
+@pytest.mark.parametrize("garbage", ["", "   ", "no answer here", "Answer:", "\\frac{", "}}}{{{", "Answer: banana"])
+def test_unparseable_output_scores_zero_without_raising(garbage):
+    assert math.verify(garbage, "7") is False
+    correct, answer = math.score(garbage, domains.Task("t", "math", "Question: 3 + 4?", "7"))
+    assert correct is False
+
+
+def test_working_lines_follow_precedence():
+    assert working_lines("5 - 3 * 6") == ["3 * 6 = 18", "5 - 18 = -13"]
+
+
+def test_train_and_test_documents_are_disjoint():
+    train = {d.text.splitlines()[0] for d in math.documents("train", 3000, 0)}
+    test = [d.text.splitlines()[0] for d in math.documents("test", 200, 0)]
+    assert len(test) == 200 and not train & set(test)
+
+
+def test_reference_solutions_score_full_marks():
+    docs = math.documents("train", 100, 1)
+    tasks = [math.make_task(d, s, e) for d in docs for s, e in math.candidate_spans(d)]
+    assert len(tasks) > 150
+    assert all(math.score(math.solution_text(t), t)[0] for t in tasks)
+    assert all(domains.MASK in t.prompt or "\n" not in t.prompt for t in tasks)
+
+
+def test_spans_are_checked():
+    doc = math.documents("train", 1, 0)[0]
+    assert not math.check_span(doc, "Question").valid
+    assert not math.check_span(doc, "not in the document").valid
+    assert not math.check_span(doc, "").valid
+    for span in math.propose_spans(doc, 3, random.Random(0)):
+        assert math.check_span(doc, span).valid
+
+
+def test_rule_critic_names_the_wrong_step():
+    task = domains.Task("t", "math", "Question: Calculate 5 - 3 * 6.", "-13")
+    c = math.critique(task, "3 * 6 = 17\n5 - 17 = -12\nAnswer: -12")
+    assert c.verdict is False and "Step 1" in c.text and "18" in c.text
+    assert math.critique(task, "3 * 6 = 18\n5 - 18 = -13\nAnswer: -13").verdict is True
+    assert "never states a final answer" in math.critique(task, "3 * 6 = 18").text

@@ -1,0 +1,76 @@
+"""The run path end to end: train.py in a temporary folder, the MLflow run it leaves, and RL that learns."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from alive_exp import rewards
+from alive_exp.train import run
+from conftest import REPO
+
+
+def only_run(root):
+    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
+    exp = client.get_experiment_by_name("alive")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1
+    return client, runs[0]
+
+
+@pytest.mark.slow
+def test_train_py_end_to_end_leaves_one_mlflow_run(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), "+experiment=math", "trainer.max_steps=2", f"paths.root_dir={tmp_path}",
+         "benchmark.train_docs=100", "benchmark.eval_size=4", "trainer.docs_per_step=4", "trainer.progress_bar=false",
+         "trainer.generation.solver_tokens=16", "trainer.generation.reviewer_tokens=16"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client, r = only_run(tmp_path)
+    assert r.info.status == "FINISHED"
+    assert r.data.params["reward.mode"] == "scalar" and r.data.params["seed"] == "0"
+    assert len(r.data.params) > 50
+    assert r.data.tags.get("mlflow.source.git.commit")
+    for key in ["train/reward_mean", "train/reward_std", "train/loss", "train/kl", "tokens/solver",
+                "tokens/constructor", "tokens/reviewer", "time/solve", "time/update"]:
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, key)]
+        assert sorted(steps) == [1, 2], key
+    assert "eval/math_heldout/accuracy" in r.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(r.info.run_id)}
+    assert {"config.yaml", "transcripts.json", "final_metrics.json"} <= artifacts
+    table = json.loads(open(client.download_artifacts(r.info.run_id, "transcripts.json", str(tmp_path))).read())
+    assert {"prompt", "completion", "reward", "phase"} <= set(table["columns"])
+    assert {row[table["columns"].index("phase")] for row in table["data"]} >= {"construct", "solve", "review"}
+    assert (tmp_path / "outputs" / "train").exists()  # Hydra output under the root, checkpoints inside
+    assert list((tmp_path / "outputs" / "train").glob("*/checkpoints/last.ckpt"))
+
+
+@rewards.reward_mode("lowercase")
+class Lowercase(rewards.RewardMode):
+    """Synthetic reward the tiny model can satisfy: the share of lowercase ASCII letters it writes."""
+
+    def solver_rewards(self, prompts, completions, *, correct, critiques):
+        return [sum(ch.islower() and ch.isascii() for ch in c) / max(len(c), 1) for c in completions]
+
+
+@pytest.mark.slow
+def test_policy_gradient_raises_a_satisfiable_reward(small_cfg):
+    cfg = small_cfg(
+        "reward.mode=lowercase", "model.finetune=full", "trainer.max_steps=20", "trainer.optim.solver.lr=1e-3",
+        "trainer.eval_at_end=false", "trainer.constructor=rule", "trainer.docs_per_step=8",
+        "trainer.max_tasks_per_step=8", "trainer.solutions_per_task=8", "trainer.generation.solver_tokens=8",
+        "trainer.generation.reviewer_tokens=8", "trainer.checkpoint_every=0", "seed=0",
+    )
+    run(cfg)
+    client, r = only_run(cfg.paths.root_dir)
+    curve = [m.value for m in sorted(client.get_metric_history(r.info.run_id, "train/reward_mean"), key=lambda m: m.step)]
+    first, last = sum(curve[:4]) / 4, sum(curve[-4:]) / 4
+    assert last > first + 0.1, curve
