@@ -1,0 +1,328 @@
+"""The sandbox contains hostile programs and only reports `passed` for programs that ran to their end.
+
+Each containment claim is checked from outside: the listener got no connection, the file does not
+exist, this process is alive, no process of a sandbox uid is left.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import socket
+import stat
+import subprocess
+import tempfile
+import textwrap
+import time
+
+import pytest
+
+from alive_exp import sandbox
+from alive_exp.sandbox import SandboxResult, run_many, run_python
+
+ISOLATION = run_python("pass").isolation
+needs = lambda *names: pytest.mark.skipif(  # noqa: E731 - a claim only holds where its mechanism is in force
+    not set(names) <= set(ISOLATION), reason=f"needs {names}; in force here: {ISOLATION}")
+
+
+def _sandbox_procs() -> list[int]:
+    """Pids (zombies included) owned by any sandbox uid."""
+    pids = []
+    for name in os.listdir("/proc"):
+        try:
+            if name.isdigit() and sandbox.UID_BASE <= os.stat(f"/proc/{name}").st_uid < sandbox.UID_BASE + sandbox.UID_SLOTS:
+                pids.append(int(name))
+        except FileNotFoundError:
+            pass
+    return pids
+
+
+def _run(code: str, **kw) -> SandboxResult:
+    return run_python(textwrap.dedent(code), **{"timeout_s": 3.0, **kw})
+
+
+def test_full_isolation_in_force_as_root():
+    if os.geteuid() != 0:
+        pytest.skip("the uid and namespace mechanisms need root")
+    assert set(ISOLATION) >= {"nonce", "rlimits", "pgroup", "uid", "netns", "mountns"}
+
+
+def test_passing_program():
+    r = _run("def add(a, b):\n    return a + b\nassert add(2, 3) == 5\nprint('done')")
+    assert r.passed and r.returncode == 0 and r.stdout == "done\n" and r.reason == "passed"
+    assert not r.timed_out and r.duration_s < 3
+
+
+def test_failing_assertion():
+    r = _run("assert 1 + 1 == 3, 'bad math'")
+    assert not r.passed and r.returncode == 1
+    assert "AssertionError: bad math" in r.stderr and 'File "main.py", line 1' in r.stderr
+    assert "assert 1 + 1 == 3, 'bad math'" in r.stderr  # the source line is shown
+
+
+@pytest.mark.parametrize("code", ["def f(:\n", "x = '\0'", "import no_such_module_xyz", "raise KeyboardInterrupt"])
+def test_bad_code_never_raises(code):
+    r = _run(code)
+    assert not r.passed and r.returncode != 0
+
+
+def test_failure_to_start_is_a_result():
+    r = _run("pass", memory_mb=1)  # the interpreter itself cannot start in 1 MiB
+    assert not r.passed and r.reason
+
+
+def test_cwd_home_and_tmpdir_are_private_and_writable():
+    r = _run("""
+        import os, tempfile
+        open('here.txt', 'w').write('x')
+        fd, path = tempfile.mkstemp()
+        assert os.environ['HOME'] == os.environ['TMPDIR'] == os.getcwd()
+        assert os.path.dirname(path) == os.getcwd(), path
+        print(sorted(os.listdir('.')) == sorted(['main.py', 'here.txt', os.path.basename(path)]))
+    """)
+    assert r.passed and r.stdout == "True\n", r.stderr
+
+
+def test_workdir_is_removed():
+    before = {n for n in os.listdir(tempfile.gettempdir()) if n.startswith("alive-sbx-")}
+    assert _run("open('junk', 'w').write('x' * 1000)").passed
+    after = {n for n in os.listdir(tempfile.gettempdir()) if n.startswith("alive-sbx-")}
+    assert after <= before
+
+
+def test_infinite_loop_times_out():
+    start = time.monotonic()
+    r = _run("while True:\n    pass", timeout_s=2.0)
+    assert r.timed_out and not r.passed and r.reason == "timeout"
+    assert time.monotonic() - start < 4
+
+
+@needs("uid")
+def test_fork_bomb_is_contained_and_cleaned_up():
+    r = _run("""
+        import os
+        while True:
+            try:
+                os.fork()
+            except OSError:
+                pass
+    """, timeout_s=2.0)
+    assert not r.passed and r.timed_out
+    assert subprocess.run(["true"]).returncode == 0  # this machine can still fork
+    deadline = time.monotonic() + 10  # killed children are zombies until init reaps them
+    while _sandbox_procs() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _sandbox_procs() == []
+
+
+@needs("uid")
+def test_escaped_daemon_is_killed_and_does_not_hold_the_run():
+    r = _run("""
+        import os, time
+        if os.fork() == 0:
+            os.setsid()  # leaves the process group, keeps stdout open
+            time.sleep(30)
+            os._exit(0)
+        print('main done')
+    """)
+    assert r.passed and r.stdout == "main done\n" and r.duration_s < 1.5, r
+    deadline = time.monotonic() + 10
+    while _sandbox_procs() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _sandbox_procs() == []
+
+
+@needs("uid")
+def test_fork_count_is_capped():
+    r = _run("""
+        import os, time
+        n = 0
+        try:
+            while True:
+                if os.fork() == 0:
+                    time.sleep(5)
+                    os._exit(0)
+                n += 1
+        except OSError:
+            print(n)
+    """)
+    assert r.passed, r.stderr
+    assert 0 < int(r.stdout) < sandbox.MAX_PROCS
+
+
+@pytest.mark.parametrize("code", ["x = bytearray(4 * 1024 ** 3)", "chunks = []\nwhile True:\n    chunks.append(b'x' * 2 ** 20)"])
+def test_memory_bomb(code):
+    r = _run(code, memory_mb=256)
+    assert not r.passed and not r.timed_out and "MemoryError" in r.stderr
+
+
+def test_huge_output_is_capped():
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    r = _run("import sys\nwhile True:\n    sys.stdout.write('x' * 65536)\n    sys.stderr.write('y' * 65536)")
+    assert len(r.stdout) <= sandbox.OUTPUT_CAP and len(r.stderr) <= sandbox.OUTPUT_CAP
+    assert not r.passed and r.reason == "output limit exceeded" and r.duration_s < 2
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before < 50 * 1024  # KiB
+
+
+def test_huge_file_is_capped():
+    r = _run("open('big', 'wb').write(b'x' * (64 * 2 ** 20))")
+    assert not r.passed and r.returncode != 0  # SIGXFSZ or an OSError, never a 64 MiB file
+
+
+def _connect_code(port: int) -> str:
+    return f"""
+        import socket
+        s = socket.create_connection(('127.0.0.1', {port}), timeout=1)
+        print('connected')
+    """
+
+
+@pytest.fixture
+def listener():
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    sock.setblocking(False)
+    yield sock
+    sock.close()
+
+
+def _assert_no_connection(sock: socket.socket) -> None:
+    with pytest.raises(BlockingIOError):
+        sock.accept()
+
+
+@needs("netns")
+def test_network_namespace_blocks_loopback(listener):
+    r = _run(_connect_code(listener.getsockname()[1]))
+    assert not r.passed and "connected" not in r.stdout and "unreachable" in r.stderr
+    _assert_no_connection(listener)
+
+
+def test_socket_stub_fallback_blocks_connections(listener, monkeypatch):
+    monkeypatch.setattr(sandbox, "_chosen", sandbox._Plan(sandbox._plan().drop_uid, False, sandbox._plan().mountns))
+    r = _run(_connect_code(listener.getsockname()[1]))
+    assert "socket-stub" in r.isolation and "netns" not in r.isolation
+    assert not r.passed and "disabled in this sandbox" in r.stderr
+    _assert_no_connection(listener)
+
+
+@needs("uid")
+def test_cannot_write_outside_its_directory(tmp_path):
+    shut = tempfile.mkdtemp()  # root-owned, 0700
+    readonly = tempfile.mkdtemp()
+    os.chmod(readonly, 0o755)  # others may enter, not write
+    targets = [tmp_path / "escape.txt", os.path.join(shut, "escape.txt"), os.path.join(readonly, "escape.txt")]
+    if "mountns" in ISOLATION:  # even a world-writable dir on the host is out of reach
+        open_dir = tempfile.mkdtemp()
+        os.chmod(open_dir, 0o1777)
+        targets.append(os.path.join(open_dir, "escape.txt"))
+    code = "import os\n" + "".join(
+        f"try:\n    open({str(t)!r}, 'w').write('x')\n    print('wrote', {str(t)!r})\nexcept OSError as e:\n    print(type(e).__name__)\n"
+        for t in targets)
+    r = _run(code)
+    try:
+        assert r.passed and "wrote" not in r.stdout, r.stdout + r.stderr
+        assert not any(os.path.exists(t) for t in targets)
+    finally:
+        for t in targets:
+            if os.path.exists(t):
+                os.remove(t)
+
+
+@needs("uid")
+def test_cannot_signal_parent_or_test_process():
+    r = _run(f"""
+        import os, signal
+        for pid, sig in [(os.getppid(), signal.SIGTERM), ({os.getpid()}, signal.SIGKILL), ({os.getpid()}, signal.SIGTERM)]:
+            try:
+                os.kill(pid, sig)
+                print('sent', pid)
+            except PermissionError:
+                print('denied')
+    """)
+    assert r.passed and r.stdout == "denied\n" * 3, r.stdout + r.stderr  # and we are still here
+
+
+@needs("uid")
+def test_runs_cannot_kill_each_other():
+    victim = "import time\ntime.sleep(1.5)\nprint('alive')"
+    killer = "import os, signal, time\ntime.sleep(0.5)\nos.kill(-1, signal.SIGKILL)\nprint('tried')"
+    v, k = run_many([victim, killer], timeout_s=3.0, workers=2)
+    assert v.passed and v.stdout == "alive\n", v
+    assert k.passed  # kill(-1) as its own uid reaches nothing but itself (excluded)
+
+
+def test_parent_environment_is_invisible(monkeypatch):
+    monkeypatch.setenv("ALIVE_TEST_SECRET", "hunter2-s3cr3t")
+    r = _run("""
+        import os
+        print(sorted(os.environ))
+        try:
+            print(open(f'/proc/{os.getppid()}/environ', 'rb').read())
+        except OSError as e:
+            print(type(e).__name__)
+    """)
+    assert r.passed, r.stderr
+    assert "hunter2" not in r.stdout and "ALIVE_TEST_SECRET" not in r.stdout
+    assert r.stdout.splitlines()[0] == "['HOME', 'LANG', 'PATH', 'TMPDIR']"
+    if "uid" in ISOLATION:
+        assert r.stdout.splitlines()[1] == "PermissionError"
+
+
+@pytest.mark.parametrize("exit_stmt", ["import sys; sys.exit(0)", "import os; os._exit(0)", "raise SystemExit", "exit()",
+                                       "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"])
+def test_early_exit_is_not_a_pass(exit_stmt):
+    r = _run(f"{exit_stmt}\nassert False, 'the tests would fail'")
+    assert not r.passed and "the tests would fail" not in r.stderr
+
+
+def test_early_exit_after_output_is_not_a_pass():
+    r = _run("print('All tests passed')\nimport sys; sys.stdout.flush(); import os; os._exit(0)\nassert False")
+    assert r.returncode == 0 and r.stdout == "All tests passed\n" and not r.passed
+    assert r.reason == "exited before the end"
+
+
+def test_fake_sentinel_is_not_a_pass():
+    r = _run("""
+        import os, secrets
+        guess = secrets.token_hex(16).encode()
+        print(guess.decode())
+        for fd in range(3, 256):
+            try:
+                os.write(fd, guess)
+            except OSError:
+                pass
+        os._exit(0)
+    """)
+    assert not r.passed and r.returncode == 0
+
+
+def test_sentinel_garbage_then_normal_end_fails_closed():
+    r = _run("import os\nfor fd in range(3, 256):\n    try:\n        os.write(fd, b'x')\n    except OSError:\n        pass")
+    assert not r.passed  # the token must be exactly the nonce
+
+
+def test_nonce_is_in_no_visible_channel():
+    # argv, env and files show nothing secret: a passing run's visible state holds no 32-hex token
+    r = _run("""
+        import os, re, sys
+        seen = open('/proc/self/cmdline', 'rb').read().decode() + repr(dict(os.environ)) + repr(sys.argv)
+        seen += ''.join(open(n).read() for n in os.listdir('.') if os.path.isfile(n))
+        print(re.findall(r'[0-9a-f]{32}', seen))
+    """)
+    assert r.passed and r.stdout == "[]\n", r.stdout + r.stderr
+
+
+def test_run_many_keeps_order():
+    results = run_many([f"print({i})" if i % 3 else f"assert {i} < 0" for i in range(9)], timeout_s=3.0, workers=3)
+    assert [r.passed for r in results] == [i % 3 != 0 for i in range(9)]
+    assert [r.stdout for r in results if r.passed] == [f"{i}\n" for i in range(9) if i % 3]
+
+
+def test_run_many_runs_in_parallel():
+    start = time.monotonic()
+    results = run_many(["import time\ntime.sleep(1)"] * 4, timeout_s=3.0, workers=4)
+    elapsed = time.monotonic() - start
+    assert all(r.passed for r in results)
+    assert elapsed < 2.5, elapsed  # serial would take 4 s
