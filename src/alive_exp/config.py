@@ -179,6 +179,22 @@ class RolesConfig:
 
 
 @dataclass
+class WarmstartConfig:
+    enabled: bool = False
+    steps: int = 1200
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 30
+    max_minutes: float = 6.0
+    train_docs: int = 20000
+    eval_size: int = 200
+    seed: int = 0
+    mix: dict[str, float] = field(default_factory=lambda: {
+        "constructor": 0.1, "solver": 0.5, "reviewer": 0.2, "reviewer_blind": 0.1, "refiner": 0.1})
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
@@ -189,6 +205,7 @@ class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     oracle: OracleConfig = field(default_factory=OracleConfig)
     roles: RolesConfig = field(default_factory=RolesConfig)
+    warmstart: WarmstartConfig = field(default_factory=WarmstartConfig)
     seed: int = 0
     task_name: str = "train"
     resume: Optional[str] = None  # a checkpoint path, or "auto" for <output_dir>/checkpoints/last.ckpt

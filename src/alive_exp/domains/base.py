@@ -144,6 +144,26 @@ class Domain(ABC):
     def critique(self, task: Task, completion: str) -> Critique:
         """Rule-based oracle critic: says in words what is wrong (or right) and ends in a verdict."""
 
+    def corrupt(self, task: Task, solution: str, rng: random.Random) -> str | None:
+        """A deliberately wrong variant of a correct solution (for reviewer and refiner warm-up), or None.
+
+        Default: change the final answer; domains with structured working override it with a realistic slip.
+        """
+        answer = self.extract_answer(solution)
+        if answer is None:
+            return None
+        digits = [i for i, ch in enumerate(answer) if ch.isdigit()]
+        if digits:
+            i = rng.choice(digits)
+            wrong = answer[:i] + str((int(answer[i]) + rng.randint(1, 9)) % 10) + answer[i + 1:]
+        else:
+            words = answer.split()
+            wrong = " ".join(reversed(words)) if len(words) > 1 else answer + "s"
+        if wrong == answer:
+            return None
+        head = solution[: solution.rfind(self.answer_prefix)]
+        return f"{head}{self.answer_prefix} {wrong}"
+
     def solution_text(self, task: Task) -> str:
         """A correct worked solution for `task` in the solver's format (warm start, oracle demos)."""
         return f"{self.answer_prefix} {task.reference}"

@@ -215,6 +215,32 @@ class MathDomain(Domain):
     def solution_text(self, task: Task) -> str:
         return task.meta.get("solution") or f"{self.answer_prefix} {task.reference}"
 
+    def corrupt(self, task: Task, solution: str, rng) -> str | None:
+        """A realistic slip: one step's result is off, and every later step carries the wrong value on."""
+        lines = solution.splitlines()
+        steps = [i for i, ln in enumerate(lines) if _STEP.search(ln)]
+        if not steps:
+            return super().corrupt(task, solution, rng)
+        k = rng.choice(steps)
+        changed: dict[str, str] = {}
+        for i in range(k, len(lines)):
+            m = _STEP.search(lines[i])
+            if m:
+                a, op, b, c = m.groups()
+                a, b = changed.get(a, a), changed.get(b, b)
+                value = _APPLY[op](float(a), float(b)) if op in _APPLY else float(a) / float(b) if float(b) else 0.0
+                if i == k:
+                    value += rng.choice([-1, 1]) * rng.randint(1, 10)
+                new = _fmt(value)
+                if new != c:
+                    changed[c] = new
+                lines[i] = f"{a} {op} {b} = {new}"
+            elif lines[i].startswith(self.answer_prefix):
+                old = lines[i][len(self.answer_prefix):].strip()
+                lines[i] = f"{self.answer_prefix} {changed.get(old, old)}"
+        wrong = "\n".join(lines)
+        return wrong if wrong != solution else None
+
     # -- oracle ---------------------------------------------------------------------------------
     def critique(self, task: Task, completion: str) -> Critique:
         """Checks every `a op b = c` line, then the final answer, and names the first mistake."""
@@ -222,10 +248,7 @@ class MathDomain(Domain):
             a, op, b, c = m.groups()
             true = _APPLY[op](float(a), float(b)) if op in _APPLY else (float(a) / float(b) if float(b) else None)
             if true is not None and abs(true - float(c)) > 1e-6:
-                text = (
-                    f"Step {n} is wrong: {a} {op} {b} is {_fmt(true)}, not {c}. "
-                    f"Every later step inherits this error, so redo the working from step {n}."
-                )
+                text = f"Step {n} is wrong: {a} {op} {b} is {_fmt(true)}, not {c}."
                 return Critique(f"{text}\n{verdict_line(False)}", False)
         answer = self.extract_answer(completion)
         if answer is None:
