@@ -74,7 +74,12 @@ def build(cfg: DictConfig, evaluate: bool = True) -> AliveModule:
     options = domain_options(cfg)
     domain = domains.get(cfg.benchmark.domain, **options[cfg.benchmark.domain])
     corpus_domains = sorted({cfg.benchmark.domain, *cfg.benchmark.eval_domains})
-    base, tokenizer, _ = models.load_base(cfg.model, cfg.paths.data_dir, corpus_domains)
+    model_cfg = cfg.model
+    if cfg.warmstart.enabled and cfg.model.source == "tiny" and not cfg.model.init_from:
+        from alive_exp.warmstart import build_warmstart
+
+        model_cfg = OmegaConf.merge(cfg.model, {"init_from": str(build_warmstart(cfg, cfg.trainer.progress_bar))})
+    base, tokenizer, _ = models.load_base(model_cfg, cfg.paths.data_dir, corpus_domains)
     model = models.attach_adapters(base, cfg.model)
     model.train()
     templates = RoleTemplates(**OmegaConf.to_container(cfg.roles, resolve=True))
