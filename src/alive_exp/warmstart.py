@@ -84,19 +84,36 @@ class Transcripts:
         return self.t.render("refiner", task=task.prompt, solution=solution, critique=critique_body(critique)), good
 
 
-def _batch(gen: Generator, pairs: list[tuple[str, str]], pad: int):
-    seqs, starts = [], []
+def _chunks(gen: Generator, pairs: list[tuple[str, str]], pad: int, chunk: int):
+    """Length-sorted micro-batches (little padding) of (ids, attention, labels); labels cover completions only."""
+    seqs = []
     for prompt, completion in pairs:
         p = gen.encode_prompt(prompt)
-        seqs.append(p + gen.encode_completion(completion))
-        starts.append(len(p))
-    width = max(map(len, seqs))
-    ids = torch.full((len(seqs), width), pad)
-    labels = torch.full((len(seqs), width), -100)
-    for i, (seq, st) in enumerate(zip(seqs, starts)):
-        ids[i, : len(seq)] = torch.tensor(seq)
-        labels[i, st: len(seq)] = torch.tensor(seq[st:])
-    return ids, (ids != pad).long(), labels
+        seqs.append((p + gen.encode_completion(completion), len(p)))
+    seqs.sort(key=lambda x: len(x[0]))
+    for i in range(0, len(seqs), chunk):
+        part = seqs[i:i + chunk]
+        width = max(len(x) for x, _ in part)
+        ids = torch.full((len(part), width), pad)
+        labels = torch.full((len(part), width), -100)
+        for j, (seq, st) in enumerate(part):
+            ids[j, : len(seq)] = torch.tensor(seq)
+            labels[j, st: len(seq)] = torch.tensor(seq[st:])
+        yield ids, (ids != pad).long(), labels
+
+
+def likelihood_step(model, gen: Generator, pairs: list[tuple[str, str]], pad: int, chunk: int = 16) -> float:
+    """Backward pass of the mean completion-token NLL over `pairs`; returns the loss."""
+    chunks = list(_chunks(gen, pairs, pad, chunk))
+    total = sum(int((lab[:, 1:] != -100).sum()) for _, _, lab in chunks)
+    loss_sum = 0.0
+    for ids, attn, labels in chunks:
+        logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1]
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels[:, 1:].reshape(-1),
+                                                 ignore_index=-100, reduction="sum") / total
+        loss.backward()
+        loss_sum += float(loss.detach())
+    return loss_sum
 
 
 def heldout_accuracy(gen: Generator, domain, templates: RoleTemplates, size: int, seed: int, max_new_tokens: int) -> float:
@@ -130,14 +147,12 @@ def build_warmstart(cfg: DictConfig, progress: bool = True) -> Path:
     start, losses = time.perf_counter(), []
     bar = _progress(progress, w.steps)
     for step in range(w.steps):
-        ids, attn, labels = _batch(gen, [stream.example() for _ in range(w.batch_size)], tok.pad_token_id)
-        loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = likelihood_step(model, gen, [stream.example() for _ in range(w.batch_size)], tok.pad_token_id)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        losses.append(float(loss.detach()))
+        losses.append(loss)
         bar.update(step, loss=sum(losses[-20:]) / len(losses[-20:]))
         if w.max_minutes and time.perf_counter() - start > 60 * w.max_minutes:
             log.warning("warm start stopped at its time budget after %d of %d steps", step + 1, w.steps)
