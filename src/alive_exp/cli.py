@@ -198,8 +198,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 # -- prepare ----------------------------------------------------------------------------------------
 def prepare(cfg, out: Path | None = None) -> dict[str, Any]:
-    """The tiny model and tokenizer (cached under data_dir/models) and a JSONL snapshot of the training
-    documents and evaluation tasks. Training regenerates them from the seed; the snapshot lets a pipeline
+    """The tiny model and tokenizer (cached under data_dir/models), its warm start when enabled, and a JSONL
+    snapshot of the training documents and evaluation tasks. Training regenerates them from the seed; the snapshot lets a pipeline
     see when a domain's data changes."""
     from dataclasses import asdict
 
@@ -212,6 +212,10 @@ def prepare(cfg, out: Path | None = None) -> dict[str, Any]:
     summary: dict[str, Any] = {"data_dir": str(data_dir)}
     if cfg.model.source == "tiny" and not cfg.model.init_from:
         summary["model"] = str(models.build_tiny(cfg.model, data_dir, corpus_domains))
+        if cfg.warmstart.enabled:  # the same condition as alive_exp.train.build, which then finds it cached
+            from alive_exp.warmstart import build_warmstart
+
+            summary["warmstart"] = str(build_warmstart(cfg, progress=False))
     options = domain_options(cfg)
     train = domains.get(cfg.benchmark.domain, **options[cfg.benchmark.domain])
     files = {f"documents/{train.name}-train.jsonl": train.documents("train", cfg.benchmark.train_docs, cfg.seed)}
@@ -231,10 +235,12 @@ def prepare(cfg, out: Path | None = None) -> dict[str, Any]:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    cfg = load_config(Path(args.params), args.overrides) if args.params else compose(args.overrides)
-    if not args.params:
+    if args.params:
+        cfg = load_config(Path(args.params), args.overrides)
+    else:
         from omegaconf import OmegaConf
 
+        cfg = compose(args.overrides)
         OmegaConf.resolve(cfg)
     summary = prepare(cfg, Path(args.out) if args.out else None)
     for k, v in summary.items():

@@ -286,6 +286,9 @@ def render_plots(data: dict[str, Any], out: Path) -> dict[str, str]:
                 ax.plot(c["step"], c["mean"], marker="o", ms=3, color=colors[g],
                         label=f"{_label(*g, many)} (n={max(c['n'])})")
                 ax.fill_between(c["step"], c["min"], c["max"], color=colors[g], alpha=0.15, linewidth=0)
+            shown = [v for c in data["curves"] if c["metric"] == key for v in c["min"] + c["max"]]
+            if shown and 0 <= min(shown) and max(shown) <= 1:  # rates: keep the full [0, 1] scale
+                ax.set_ylim(-0.03, 1.03)
             ax.set(title=key, xlabel="ALIVE step", ylabel=key.split("/")[-1])
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
