@@ -103,6 +103,7 @@ class GenerationConfig:
     reviewer_tokens: int = 48
     batch_size: int = 64
     eval_temperature: float = 1.0
+    merge_adapters: bool = True
 
 
 @dataclass

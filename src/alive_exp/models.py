@@ -162,3 +162,36 @@ def adapter_parameters(model: Any, adapter: str | None) -> list[torch.nn.Paramet
     if not params:
         raise RuntimeError(f"adapter {adapter!r} has no parameters; check model.lora.target_modules")
     return params
+
+
+class MergedView:
+    """A plain copy of the base model with one adapter merged in, for fast generation.
+
+    Unmerged LoRA roughly halves decoding speed (shared/gpu/README.md: 1,685 vs 3,463 tok/s); merging
+    the active role's adapter into a plain copy restores base-model speed and lets a static KV cache
+    compile once. The copy is re-merged lazily, only after that adapter's optimizer has stepped.
+    """
+
+    def __init__(self, peft_model: Any, plain: Any) -> None:
+        from peft.tuners.lora import LoraLayer
+
+        self.peft, self.plain = peft_model, plain
+        inner = peft_model.get_base_model()
+        self.pairs = [(mod, plain.get_submodule(name)) for name, mod in inner.named_modules()
+                      if isinstance(mod, LoraLayer) and hasattr(mod, "base_layer")]
+        self.merged: str | None = None
+        self.plain.eval().requires_grad_(False)
+
+    def stale(self, adapter: str | None = None) -> None:
+        """Mark an adapter's weights as changed (call after its optimizer stepped)."""
+        if adapter is None or adapter == self.merged:
+            self.merged = None
+
+    @torch.no_grad()
+    def model(self) -> Any:
+        adapter = self.peft.active_adapter
+        if self.merged != adapter:
+            for lora, target in self.pairs:
+                target.weight.copy_(lora.base_layer.weight + lora.get_delta_weight(adapter).to(target.weight.dtype))
+            self.merged = adapter
+        return self.plain

@@ -23,6 +23,7 @@ import torch
 
 from alive_exp import metrics as M
 from alive_exp.alive import AliveStep
+from alive_exp.distributed import sync_gradients
 from alive_exp.losses import Sample, reference_logprobs, role_loss
 from alive_exp.models import adapter_parameters, role_adapter
 from alive_exp.roles import ROLES
@@ -171,10 +172,13 @@ class AliveModule(pl.LightningModule):
                         st["nll"] += info["nll"] * frac
                     stepped = True
                 stats[role] = st
+            stepped = sync_gradients(self.trainer.strategy, opt, stepped)  # DDP: mean over ranks, same decision
             if stepped:
                 if oc.grad_clip and oc.grad_clip > 0:
                     self.clip_gradients(opt, gradient_clip_val=oc.grad_clip, gradient_clip_algorithm="norm")
                 opt.step()
+                if self.generator.merged is not None:
+                    self.generator.merged.stale(adapter)
         return stats
 
     # -- metrics and transcripts -------------------------------------------------------------------

@@ -46,8 +46,9 @@ class Generator:
     """Wraps `model.generate` for chat prompts; one instance serves every role and evaluation."""
 
     def __init__(self, model, tokenizer, *, batch_size: int = 64, static_cache: bool = False,
-                 synced_gpus: bool = False) -> None:
+                 synced_gpus: bool = False, merged=None) -> None:
         self.model = model
+        self.merged = merged  # models.MergedView: generate with the active adapter merged into a plain copy
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.static_cache = static_cache
@@ -81,24 +82,25 @@ class Generator:
         flat = [p for p in prompts for _ in range(n)]
         out: list[Completion] = []
         ctx = seeded(seed) if seed is not None else contextlib.nullcontext()
-        was_training = self.model.training
-        self.model.eval()
+        model = self.merged.model() if self.merged is not None else self.model
+        was_training = model.training
+        model.eval()
         try:
             with ctx:
                 for i in range(0, len(flat), self.batch_size):
-                    out += self._generate_batch(flat[i:i + self.batch_size], max_new_tokens, temperature, top_p)
+                    out += self._generate_batch(model, flat[i:i + self.batch_size], max_new_tokens, temperature, top_p)
         finally:
-            self.model.train(was_training)
+            model.train(was_training)
         return [out[i * n:(i + 1) * n] for i in range(len(prompts))]
 
-    def _generate_batch(self, prompts: list[str], max_new_tokens: int, temperature: float,
+    def _generate_batch(self, model, prompts: list[str], max_new_tokens: int, temperature: float,
                         top_p: float) -> list[Completion]:
         ids = [self.encode_prompt(p) for p in prompts]
         width = max(len(x) for x in ids)
         pad = self.tokenizer.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids])
         attention = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
-        device = next(self.model.parameters()).device
+        device = next(model.parameters()).device
         kwargs = dict(
             max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=self.eos_ids,
             do_sample=temperature > 0,
@@ -109,7 +111,7 @@ class Generator:
             kwargs["cache_implementation"] = "static"
         if self.synced_gpus:
             kwargs["synced_gpus"] = True
-        seqs = self.model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs)
+        seqs = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs)
         new = seqs[:, width:].tolist()
         result = []
         for prompt, p_ids, toks in zip(prompts, ids, new):

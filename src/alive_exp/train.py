@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from pathlib import Path
@@ -11,8 +12,9 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from alive_exp import domains, models, rewards, tracking
-from alive_exp.callbacks import AliveCheckpoint, TranscriptFlush
+from alive_exp import distributed, domains, models, rewards, tracking
+from alive_exp.callbacks import (AliveCheckpoint, TranscriptFlush, config_fingerprint, find_resumable, read_run_info,
+                                 write_run_info)
 from alive_exp.data import Corpus, StepIndices
 from alive_exp.evaluation import EvalSettings, Evaluator
 from alive_exp.module import AliveModule
@@ -56,14 +58,29 @@ def domain_options(cfg: DictConfig) -> dict[str, dict]:
 
 
 def resolve_resume(cfg: DictConfig, out: Path) -> str | None:
+    """The checkpoint to continue from: `resume=<path>`, or with `resume=auto` the newest unfinished
+    `last.ckpt` of a run with this exact config (fingerprint), in this run's folder or its siblings."""
     if not cfg.resume:
         return None
-    path = out / "checkpoints" / "last.ckpt" if cfg.resume == "auto" else Path(cfg.resume)
-    if cfg.resume == "auto" and not path.exists():
+    if cfg.resume != "auto":
+        if not Path(cfg.resume).exists():
+            raise FileNotFoundError(f"resume={cfg.resume!r}: no checkpoint at that path")
+        return str(cfg.resume)
+    patterns = [str(out / "checkpoints" / "last.ckpt")]
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hc = HydraConfig.get()
+        patterns += [str(Path(hc.run.dir).parent / "*" / "checkpoints" / "last.ckpt"),
+                     str(Path(hc.sweep.dir).parent / "*" / "*" / "checkpoints" / "last.ckpt")]
+    except ValueError:
+        pass
+    found = find_resumable(config_fingerprint(cfg), patterns)
+    if found is None:
+        log.info("resume=auto: no unfinished checkpoint of this config; starting a new run")
         return None
-    if not path.exists():
-        raise FileNotFoundError(f"resume={cfg.resume!r}: no checkpoint at {path}")
-    return str(path)
+    log.info("resume=auto: continuing from %s", found)
+    return str(found)
 
 
 def build(cfg: DictConfig, evaluate: bool = True) -> AliveModule:
@@ -80,12 +97,15 @@ def build(cfg: DictConfig, evaluate: bool = True) -> AliveModule:
 
         model_cfg = OmegaConf.merge(cfg.model, {"init_from": str(build_warmstart(cfg, cfg.trainer.progress_bar))})
     base, tokenizer, _ = models.load_base(model_cfg, cfg.paths.data_dir, corpus_domains)
+    merge = cfg.trainer.generation.merge_adapters and models.adapter_names(cfg.model)
+    plain = copy.deepcopy(base) if merge else None
     model = models.attach_adapters(base, cfg.model)
     model.train()
     templates = RoleTemplates(**OmegaConf.to_container(cfg.roles, resolve=True))
     mode = rewards.build(cfg.reward.mode, templates)
     generator = Generator(model, tokenizer, batch_size=cfg.trainer.generation.batch_size,
-                          static_cache=cfg.hardware.static_cache)
+                          static_cache=cfg.hardware.static_cache,
+                          merged=models.MergedView(model, plain) if merge else None)
     world = int(os.environ.get("WORLD_SIZE", 1))
     rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0)))
     corpus = Corpus(domain, cfg.benchmark.train_docs, cfg.seed, cfg.trainer.docs_per_step, rank=rank, world=world)
@@ -94,43 +114,71 @@ def build(cfg: DictConfig, evaluate: bool = True) -> AliveModule:
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Train for `trainer.max_steps` ALIVE steps, evaluate, log everything to MLflow; returns final metrics."""
+    """Train for `trainer.max_steps` ALIVE steps, evaluate, log everything to MLflow; returns final metrics.
+
+    Under DDP every rank runs this; only rank 0 touches MLflow and writes files (one run, one folder).
+    """
     out = output_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
+    zero = distributed.launch_rank(cfg.hardware.devices) == 0
     ckpt = resolve_resume(cfg, out)
+    # other ranks get the checkpoint rank 0 chose, so all start from the same one
+    strategy = distributed.make_strategy(cfg, child_overrides=[f'resume="{ckpt}"' if ckpt else "resume=null"])
     module = build(cfg)
-    run_id = torch.load(ckpt, map_location="cpu", weights_only=False).get("alive", {}).get("mlflow_run_id") if ckpt else None
-    logger = tracking.make_logger(cfg, run_id=run_id, parent_run_id=sweep_parent_id(cfg))
-    tracking.log_config(logger, cfg)
-    module.mlflow_run_id = logger.run_id
-    callbacks: list[pl.Callback] = [TranscriptFlush(cfg.trainer.checkpoint_every),
-                                    AliveCheckpoint(out / "checkpoints", cfg.trainer.checkpoint_every)]
+    module.generator.synced_gpus = distributed.is_sharded(strategy)
+    logger, parent, sweep_dir = False, None, None
+    if zero:
+        run_id = resumed_run_id(ckpt) if ckpt else None
+        parent, sweep_dir = sweep_parent_id(cfg)
+        logger = tracking.make_logger(cfg, run_id=run_id, parent_run_id=parent)
+        tracking.log_config(logger, cfg)
+        module.mlflow_run_id = logger.run_id
+    callbacks: list[pl.Callback] = [AliveCheckpoint(out / "checkpoints", cfg.trainer.checkpoint_every, config_fingerprint(cfg)),
+                                    TranscriptFlush(cfg.trainer.checkpoint_every), distributed.DataShards()]
+    if isinstance(strategy, distributed.AliveDDPStrategy):
+        callbacks.append(distributed.ReplicaCheck(out / "replicas.json"))
     if cfg.trainer.progress_bar:
         from pytorch_lightning.callbacks import RichProgressBar
 
         callbacks.append(RichProgressBar(leave=True))
     trainer = pl.Trainer(
         accelerator=cfg.hardware.accelerator, devices=cfg.hardware.devices, num_nodes=cfg.hardware.num_nodes,
-        strategy=cfg.hardware.strategy, precision=cfg.hardware.precision, logger=logger, callbacks=callbacks,
-        max_epochs=1, max_steps=-1, enable_checkpointing=False, enable_model_summary=False,
-        enable_progress_bar=cfg.trainer.progress_bar, num_sanity_val_steps=0, log_every_n_steps=1,
-        default_root_dir=str(out),
+        strategy=strategy, precision=cfg.hardware.precision, logger=logger, callbacks=callbacks,
+        plugins=distributed.cluster_plugins(), max_epochs=1, max_steps=-1, enable_checkpointing=False,
+        enable_model_summary=False, enable_progress_bar=cfg.trainer.progress_bar, num_sanity_val_steps=0,
+        log_every_n_steps=1, default_root_dir=str(out),
     )
-    loader = torch.utils.data.DataLoader(StepIndices(module, cfg.trainer.max_steps), batch_size=None)
-    trainer.fit(module, loader, ckpt_path=ckpt)
-    final: dict[str, float] = dict(module.history[-1]) if module.history else {}
-    if cfg.trainer.eval_at_end and module.evaluator is not None:
-        scores = module.evaluator(module)
+    with tracking.sweep_child(cfg.logger.tracking_uri, parent, sweep_dir, lambda: module.mlflow_run_id):
+        loader = torch.utils.data.DataLoader(StepIndices(module, cfg.trainer.max_steps), batch_size=None)
+        trainer.fit(module, loader, ckpt_path=ckpt)
+        final: dict[str, float] = dict(module.history[-1]) if module.history else {}
+        if cfg.trainer.eval_at_end and module.evaluator is not None:
+            scores = module.evaluator(module)
+            if trainer.is_global_zero:
+                logger.log_metrics(scores, step=module.alive_step)
+            final.update(scores)
         if trainer.is_global_zero:
-            logger.log_metrics(scores, step=module.alive_step)
-        final.update(scores)
-    if trainer.is_global_zero:
-        save_policy(module, out / "policy")
-        logger.experiment.log_dict(logger.run_id, final, "final_metrics.json")
-        logger.finalize("success")
-    final["mlflow_run_id"] = logger.run_id
+            save_policy(module, out / "policy")
+            logger.experiment.log_dict(logger.run_id, final, "final_metrics.json")
+            logger.finalize("success")
+            write_run_info(out / "checkpoints", finished=True)
+    final["mlflow_run_id"] = module.mlflow_run_id
     final["output_dir"] = str(out)
     return final
+
+
+def resumed_run_id(ckpt: str) -> str | None:
+    """The MLflow run a checkpoint belongs to (from `run.json` beside it, else from the checkpoint)."""
+    info = read_run_info(Path(ckpt).parent)
+    if "mlflow_run_id" in info:
+        return info["mlflow_run_id"]
+    return torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True).get("alive", {}).get("mlflow_run_id")
+
+
+def objective(final: dict[str, Any]) -> float:
+    """What a sweeper maximizes: mean held-out accuracy over the evaluated suites, else the last train reward."""
+    acc = [float(v) for k, v in final.items() if k.startswith("eval/") and k.endswith("/accuracy")]
+    return sum(acc) / len(acc) if acc else float(final.get("train/reward_mean", 0.0))
 
 
 def save_policy(module: AliveModule, path: Path) -> None:
@@ -139,17 +187,18 @@ def save_policy(module: AliveModule, path: Path) -> None:
     module.tokenizer.save_pretrained(path)
 
 
-def sweep_parent_id(cfg: DictConfig) -> str | None:
-    """Under a Hydra multirun, the parent run shared by every job of the sweep."""
+def sweep_parent_id(cfg: DictConfig) -> tuple[str | None, str | None]:
+    """Under a Hydra multirun, (the parent run shared by every job of the sweep, the sweep folder)."""
     try:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
         hc = HydraConfig.get()
-        if hc.mode != RunMode.MULTIRUN:
-            return None
-        exp_id = tracking.ensure_experiment(cfg.logger.tracking_uri, cfg.logger.experiment_name,
-                                           cfg.logger.artifact_location)
-        return tracking.sweep_parent(cfg.logger.tracking_uri, exp_id, hc.sweep.dir, list(hc.overrides.task))
-    except ValueError:
-        return None
+    except (ValueError, ImportError):
+        return None, None
+    if hc.mode != RunMode.MULTIRUN:
+        return None, None
+    lc = cfg.logger
+    parent = tracking.sweep_parent(lc.tracking_uri, hc.sweep.dir, lc.experiment_name, lc.artifact_location,
+                                   list(hc.overrides.task))
+    return parent, hc.sweep.dir
