@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import resource
 import socket
-import stat
 import subprocess
 import tempfile
 import textwrap

@@ -96,7 +96,7 @@ class Domain(ABC):
             return SpanCheck(False, "empty span")
         if not (min_chars <= len(span) <= max_chars):
             return SpanCheck(False, f"length {len(span)} outside [{min_chars}, {max_chars}]")
-        start = doc.text.find(span)
+        start = self.locate_span(doc, span)
         if start < 0:
             return SpanCheck(False, "span does not occur verbatim in the document")
         end = start + len(span)
@@ -106,6 +106,10 @@ class Domain(ABC):
         if why:
             return SpanCheck(False, why)
         return SpanCheck(True, "", start, end)
+
+    def locate_span(self, doc: Document, span: str) -> int:
+        """Where a proposed span sits in the document (-1 when absent); the first occurrence by default."""
+        return doc.text.find(span)
 
     def unsolvable_reason(self, doc: Document, start: int, end: int) -> str:
         """Domain hook: a non-empty reason when masking [start, end) leaves no solvable task."""

@@ -34,13 +34,12 @@ import random
 import re
 import textwrap
 from collections.abc import Callable
-from dataclasses import replace
 from functools import lru_cache
 from typing import Any
 
 from alive_exp import sandbox
 from alive_exp.domains import hub
-from alive_exp.domains.base import MASK, Critique, Document, Domain, SpanCheck, Task, verdict_line
+from alive_exp.domains.base import MASK, Critique, Document, Domain, Task, verdict_line
 
 log = logging.getLogger(__name__)
 
@@ -312,12 +311,9 @@ class CodeDomain(Domain):
             offset += len(line)
         return spans
 
-    def check_span(self, doc: Document, span: str, min_chars: int = 1, max_chars: int = 200) -> SpanCheck:
-        # locate the span at its last occurrence: the prompt comes first and often repeats body text
-        last = doc.text.rfind(span.strip())
-        cut = doc.text.rfind("\n", 0, max(last, 0)) + 1
-        view = replace(doc, text="\0" * cut + doc.text[cut:])
-        return super().check_span(view, span, min_chars, max_chars)
+    def locate_span(self, doc: Document, span: str) -> int:
+        # the last occurrence: the prompt comes first and often repeats body text
+        return doc.text.rfind(span)
 
     def unsolvable_reason(self, doc: Document, start: int, end: int) -> str:
         span = doc.text[start:end]

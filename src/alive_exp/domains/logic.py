@@ -24,11 +24,10 @@ import itertools
 import json
 import logging
 import re
-from dataclasses import replace
 from functools import lru_cache
 from typing import Any
 
-from alive_exp.domains.base import MASK, Critique, Document, Domain, SpanCheck, Task, verdict_line
+from alive_exp.domains.base import MASK, Critique, Document, Domain, Task, verdict_line
 
 log = logging.getLogger(__name__)
 
@@ -163,12 +162,9 @@ class LogicDomain(Domain):
         claims = _CLAIM.finditer(doc.text, a) if doc.meta["source"] == "knights_knaves" else []
         return [(m.start(), m.end()) for m in claims] + [(a, len(doc.text))]
 
-    def check_span(self, doc: Document, span: str, min_chars: int = 1, max_chars: int = 200) -> SpanCheck:
-        # locate the span at its last occurrence: the question and working come first and repeat the claims
-        last = doc.text.rfind(span.strip())
-        cut = doc.text.rfind("\n", 0, max(last, 0)) + 1
-        view = replace(doc, text="\0" * cut + doc.text[cut:])
-        return super().check_span(view, span, min_chars, max_chars)
+    def locate_span(self, doc: Document, span: str) -> int:
+        # the last occurrence: the question and working come first and repeat the claims
+        return doc.text.rfind(span)
 
     def unsolvable_reason(self, doc: Document, start: int, end: int) -> str:
         span = doc.text[start:end]
