@@ -39,7 +39,7 @@ def small_cfg(tmp_path, shared_data):
 
     def make(*overrides: str) -> DictConfig:
         base = [
-            "+experiment=math", f"paths.data_dir={shared_data}", "trainer.progress_bar=false",
+            "+experiment=math", f"paths.data_dir={shared_data}", "trainer.progress_bar=false", "warmstart.enabled=false",
             "benchmark.train_docs=200", "benchmark.eval_size=4", "trainer.docs_per_step=4",
             "trainer.max_tasks_per_step=4", "trainer.solutions_per_task=4", "trainer.generation.solver_tokens=24",
             "trainer.generation.reviewer_tokens=24", "trainer.generation.constructor_tokens=12",

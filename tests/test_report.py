@@ -215,7 +215,8 @@ def test_evaluate_a_real_checkpoint(tmp_path, capsys):
     small = ["+experiment=math", f"paths.root_dir={tmp_path}", "trainer.max_steps=2", "benchmark.eval_size=4",
              "trainer.progress_bar=false", "benchmark.train_docs=100", "trainer.docs_per_step=2",
              "trainer.max_tasks_per_step=2", "trainer.solutions_per_task=2", "trainer.generation.solver_tokens=16",
-             "trainer.generation.reviewer_tokens=16", "trainer.generation.constructor_tokens=8", "benchmark.pass_k=[2]"]
+             "trainer.generation.reviewer_tokens=16", "trainer.generation.constructor_tokens=8", "benchmark.pass_k=[2]",
+             "warmstart.enabled=false"]
     subprocess.run([sys.executable, str(REPO / "train.py"), *small], cwd=tmp_path, env=env, check=True,
                    capture_output=True, timeout=600)
     (run_dir,) = (tmp_path / "outputs" / "train").iterdir()

@@ -30,7 +30,9 @@ def test_train_py_end_to_end_leaves_one_mlflow_run(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(REPO / "train.py"), "+experiment=math", "trainer.max_steps=2", f"paths.root_dir={tmp_path}",
          "benchmark.train_docs=100", "benchmark.eval_size=4", "trainer.docs_per_step=4", "trainer.progress_bar=false",
-         "trainer.generation.solver_tokens=16", "trainer.generation.reviewer_tokens=16"],
+         "trainer.generation.solver_tokens=16", "trainer.generation.reviewer_tokens=16",
+         # +experiment=math starts from the cached warm start; a short one keeps the test fast
+         "warmstart.steps=4", "warmstart.eval_size=4", "trainer.max_tasks_per_step=4", "trainer.solutions_per_task=4"],
         cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -44,6 +46,9 @@ def test_train_py_end_to_end_leaves_one_mlflow_run(tmp_path):
         steps = [m.step for m in client.get_metric_history(r.info.run_id, key)]
         assert sorted(steps) == [1, 2], key
     assert "eval/math_heldout/accuracy" in r.data.metrics
+    (warm,) = (tmp_path / "data" / "warmstart").iterdir()
+    assert json.loads((warm / "metrics.json").read_text())["steps"] == 4
+    assert r.data.params["warmstart.enabled"] == "True"
     artifacts = {a.path for a in client.list_artifacts(r.info.run_id)}
     assert {"config.yaml", "transcripts.json", "final_metrics.json"} <= artifacts
     table = json.loads(open(client.download_artifacts(r.info.run_id, "transcripts.json", str(tmp_path))).read())

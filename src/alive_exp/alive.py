@@ -162,7 +162,13 @@ class AliveStep:
                 a.reward = r
                 if self.mode.policy_gradient:
                     out["solver"].append(Sample("solver", a.completion.prompt_ids, a.completion.completion_ids, ad))
-            confirmed = [a.revision.text for a in g if a.revision is not None and a.revision_correct]
+            revised = [a for a in g if a.revision is not None]
+            if revised and self.mode.train_refiner:
+                # critique-guided refinement is itself a policy: revisions the reference confirms are reinforced
+                (radv,) = group_advantages([[float(a.revision_correct) for a in revised]], "batch", False)
+                out["solver"] += [Sample("solver", a.revision.prompt_ids, a.revision.completion_ids, ad, kind="refine")
+                                  for a, ad in zip(revised, radv)]
+            confirmed = [a.revision.text for a in revised if a.revision_correct]
             for t in self.mode.targets(g[0].task, [a.completion.text for a in g], [a.critique for a in g], confirmed):
                 w = self.rcfg.distill_coef if t.kind == "distill" else self.rcfg.fcp_coef
                 out["solver"].append(Sample("solver", self.gen.encode_prompt(t.prompt), enc(t.completion), 0.0, w, t.kind))

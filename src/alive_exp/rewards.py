@@ -50,6 +50,7 @@ class LikelihoodTarget:
 class RewardMode(ABC):
     name = ""
     policy_gradient = True
+    train_refiner = False  # reinforce revisions under their critique (verbal)
 
     def __init__(self, templates: RoleTemplates) -> None:
         self.templates = templates
@@ -81,6 +82,8 @@ class Judge(RewardMode):
 
 @reward_mode("verbal")
 class Verbal(Judge):
+    train_refiner = True
+
     def targets(self, task, solutions, critiques, confirmed_revisions):
         prompt = self.solver_prompt(task)
         return [LikelihoodTarget(prompt, rev, "distill") for rev in confirmed_revisions]

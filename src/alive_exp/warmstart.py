@@ -73,7 +73,8 @@ class Transcripts:
         if kind == "solver":
             return self.t.render("solver", task=task.prompt), good
         wrong = self.domain.corrupt(task, good, self.rng)
-        solution = wrong if (kind == "refiner" or self.rng.random() < 0.5) and wrong else good
+        # refiner examples are mostly wrong solutions, but some correct ones teach it to keep what is right
+        solution = wrong if wrong and self.rng.random() < (0.7 if kind == "refiner" else 0.5) else good
         critique = self.domain.critique(task, solution).text
         if kind == "reviewer":
             return self.t.render("reviewer", task=task.prompt, reference=task.reference, solution=solution), critique
