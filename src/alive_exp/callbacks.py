@@ -1,23 +1,84 @@
-"""Lightning callbacks that count ALIVE steps (not optimizer steps): checkpoints and transcript flushes."""
+"""Lightning callbacks that count ALIVE steps (not optimizer steps): checkpoints and transcript flushes.
+
+A checkpoint is also the commit point of the run's metrics (see `tracking.CheckpointedMLFlowLogger`),
+and its folder holds `run.json` (the config fingerprint), which `resume=auto` uses to find it again.
+"""
 
 from __future__ import annotations
 
+import glob
+import hashlib
+import json
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
 
-from alive_exp.tracking import log_transcripts
+from alive_exp.tracking import CheckpointedMLFlowLogger, log_transcripts
 
 log = logging.getLogger(__name__)
 
+# keys that do not change what a run computes: a run may resume under different values of these
+NOT_FINGERPRINTED = ("resume", "trainer.progress_bar", "hardware.torch_threads")
+
+
+def config_fingerprint(cfg: DictConfig) -> str:
+    """A hash of the resolved config minus `NOT_FINGERPRINTED`: equal fingerprints = the same run."""
+    data = OmegaConf.to_container(cfg, resolve=True)
+    for key in NOT_FINGERPRINTED:
+        *parents, leaf = key.split(".")
+        node = data
+        for p in parents:
+            node = node.get(p, {})
+        node.pop(leaf, None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def find_resumable(fingerprint: str, patterns: list[str]) -> Path | None:
+    """The newest `last.ckpt` matching the glob `patterns` whose run has this fingerprint and did not finish."""
+    found = []
+    for pattern in patterns:
+        for ckpt in map(Path, glob.glob(pattern)):
+            info = read_run_info(ckpt.parent)
+            if info.get("fingerprint") == fingerprint and not info.get("finished"):
+                found.append(ckpt)
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def read_run_info(dirpath: Path) -> dict[str, Any]:
+    try:
+        return json.loads((dirpath / "run.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def write_run_info(dirpath: Path, **values: Any) -> None:
+    """Update `run.json` next to the checkpoints atomically."""
+    dirpath.mkdir(parents=True, exist_ok=True)
+    info = {**read_run_info(dirpath), **values}
+    tmp = dirpath / "run.json.tmp"
+    tmp.write_text(json.dumps(info, indent=1))
+    os.replace(tmp, dirpath / "run.json")
+
+
+def commit_metrics(trainer: pl.Trainer) -> None:
+    if trainer.is_global_zero and isinstance(trainer.logger, CheckpointedMLFlowLogger):
+        trainer.logger.commit()
+
 
 class AliveCheckpoint(pl.Callback):
-    """Writes `last.ckpt` every `every` ALIVE steps and at the end, atomically (a kill never leaves half a file)."""
+    """Writes `last.ckpt` every `every` ALIVE steps and at the end, atomically (a kill never leaves half a file).
 
-    def __init__(self, dirpath: str | Path, every: int) -> None:
-        self.dirpath, self.every = Path(dirpath), every
+    Order: checkpoint file in place, then the metrics of the steps it covers go to MLflow. The checkpoint
+    carries those metrics, so a kill between the two loses nothing (they are logged on resume).
+    With `every=0` there is no periodic checkpoint to wait for, and metrics are committed every step.
+    """
+
+    def __init__(self, dirpath: str | Path, every: int, fingerprint: str | None = None) -> None:
+        self.dirpath, self.every, self.fingerprint = Path(dirpath), every, fingerprint
 
     def save(self, trainer: pl.Trainer, module) -> None:
         self.dirpath.mkdir(parents=True, exist_ok=True)
@@ -25,9 +86,27 @@ class AliveCheckpoint(pl.Callback):
         trainer.save_checkpoint(tmp)
         if trainer.is_global_zero:
             os.replace(tmp, self.dirpath / "last.ckpt")
+            write_run_info(self.dirpath, fingerprint=self.fingerprint, mlflow_run_id=module.mlflow_run_id,
+                           alive_step=module.alive_step)
+        commit_metrics(trainer)
+
+    def on_save_checkpoint(self, trainer, module, checkpoint: dict[str, Any]) -> None:
+        logger = trainer.logger
+        pending = list(logger.pending) if isinstance(logger, CheckpointedMLFlowLogger) else []
+        checkpoint["alive_resume"] = {"fingerprint": self.fingerprint, "pending_metrics": pending}
+
+    def on_load_checkpoint(self, trainer, module, checkpoint: dict[str, Any]) -> None:
+        # progress is the module's alive_step (the loader yields the steps left); Lightning's restored epoch
+        # loop would end a resumed run at once when the checkpoint was written at the end of training
+        checkpoint.pop("loops", None)
+        pending = checkpoint.get("alive_resume", {}).get("pending_metrics", [])
+        if trainer.is_global_zero and pending and isinstance(trainer.logger, CheckpointedMLFlowLogger):
+            trainer.logger.restore(pending)
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        if self.every and module.alive_step % self.every == 0:
+        if not self.every:
+            commit_metrics(trainer)
+        elif module.alive_step % self.every == 0:
             self.save(trainer, module)
 
     def on_train_end(self, trainer, module) -> None:
@@ -35,7 +114,11 @@ class AliveCheckpoint(pl.Callback):
 
 
 class TranscriptFlush(pl.Callback):
-    """Moves the module's buffered transcripts into the MLflow table at each checkpoint and at the end."""
+    """Moves the module's buffered transcripts into the MLflow table at each checkpoint and at the end.
+
+    Listed after `AliveCheckpoint`, so a kill between checkpoint and flush loses sample transcripts of
+    those steps rather than writing them twice.
+    """
 
     def __init__(self, every: int) -> None:
         self.every = every

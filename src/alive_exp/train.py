@@ -65,6 +65,10 @@ def resolve_resume(cfg: DictConfig, out: Path) -> str | None:
     if cfg.resume != "auto":
         if not Path(cfg.resume).exists():
             raise FileNotFoundError(f"resume={cfg.resume!r}: no checkpoint at that path")
+        done = read_run_info(Path(cfg.resume).parent).get("alive_step", 0)
+        if done >= cfg.trainer.max_steps:
+            raise ValueError(f"resume={cfg.resume!r} is at ALIVE step {done}, trainer.max_steps={cfg.trainer.max_steps}:"
+                             " nothing left to train. Raise trainer.max_steps to continue this run.")
         return str(cfg.resume)
     patterns = [str(out / "checkpoints" / "last.ckpt")]
     try:
@@ -148,9 +152,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         enable_model_summary=False, enable_progress_bar=cfg.trainer.progress_bar, num_sanity_val_steps=0,
         log_every_n_steps=1, default_root_dir=str(out),
     )
-    with tracking.sweep_child(cfg.logger.tracking_uri, parent, sweep_dir, lambda: module.mlflow_run_id):
+    with distributed.own_process_group(), tracking.sweep_child(cfg.logger.tracking_uri, parent, sweep_dir,
+                                                               lambda: module.mlflow_run_id):
         loader = torch.utils.data.DataLoader(StepIndices(module, cfg.trainer.max_steps), batch_size=None)
-        trainer.fit(module, loader, ckpt_path=ckpt)
+        # our own checkpoints hold RNG states (numpy arrays), which weights_only loading refuses
+        trainer.fit(module, loader, ckpt_path=ckpt, weights_only=False)
         final: dict[str, float] = dict(module.history[-1]) if module.history else {}
         if cfg.trainer.eval_at_end and module.evaluator is not None:
             scores = module.evaluator(module)
