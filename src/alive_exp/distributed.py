@@ -27,7 +27,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
-from pytorch_lightning.strategies import DDPStrategy
+from pytorch_lightning.strategies import DDPStrategy, FSDPStrategy
 from pytorch_lightning.strategies.launchers import _SubprocessScriptLauncher
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,19 @@ def config_flags(argv: list[str]) -> list[str]:
     return out
 
 
-class AliveDDPStrategy(DDPStrategy):
+class HydraChildren:
+    """Strategy mixin: ranks 1..N-1 are launched by `HydraJobLauncher` with `child_overrides` added."""
+
+    child_overrides: list[str]
+
+    def _configure_launcher(self) -> None:
+        super()._configure_launcher()
+        if isinstance(self._launcher, _SubprocessScriptLauncher):
+            self._launcher = HydraJobLauncher(self.cluster_environment, self.num_processes, self.num_nodes,
+                                              child_overrides=self.child_overrides)
+
+
+class AliveDDPStrategy(HydraChildren, DDPStrategy):
     """Data parallel without DDP's reducer: rank 0's weights are broadcast once, gradients averaged in `learn`."""
 
     strategy_name = "alive_ddp"
@@ -137,16 +149,18 @@ class AliveDDPStrategy(DDPStrategy):
         super().__init__(*args, **kwargs)
         self.child_overrides = child_overrides or []
 
-    def _configure_launcher(self) -> None:
-        super()._configure_launcher()
-        if isinstance(self._launcher, _SubprocessScriptLauncher):
-            self._launcher = HydraJobLauncher(self.cluster_environment, self.num_processes, self.num_nodes,
-                                              child_overrides=self.child_overrides)
-
     def configure_ddp(self) -> None:
         from pytorch_lightning.overrides.distributed import _sync_module_states
 
         _sync_module_states(self.model)  # identical start on every rank; the model stays unwrapped
+
+
+class AliveFSDPStrategy(HydraChildren, FSDPStrategy):
+    """Lightning's FSDP (per decoder layer, original parameters kept for the per-role optimizers)."""
+
+    def __init__(self, *args: Any, child_overrides: list[str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, auto_wrap_policy=decoder_layer_classes(), use_orig_params=True, **kwargs)
+        self.child_overrides = child_overrides or []
 
 
 def make_strategy(cfg, child_overrides: list[str] | None = None) -> Any:
@@ -164,9 +178,10 @@ def make_strategy(cfg, child_overrides: list[str] | None = None) -> Any:
         raise ValueError(f"hardware.strategy={name} is not supported: use hardware.strategy=ddp (one process "
                          "per device, launched by re-running train.py; gradients are synced per role optimizer)")
     if name == "fsdp":
-        from pytorch_lightning.strategies import FSDPStrategy
-
-        return FSDPStrategy(auto_wrap_policy=decoder_layer_classes(), use_orig_params=True)
+        log.warning("hardware.strategy=fsdp is experimental and untested on several GPUs: FSDP reduces gradients "
+                    "inside every backward pass, so all ranks must run the same number of backward passes per role "
+                    "(see docs/scale.md); for LoRA prefer hardware=ddp")
+        return AliveFSDPStrategy(child_overrides=child_overrides)
     if name == "auto" and hw.devices != 1 and hw.accelerator != "cpu":
         raise ValueError(f"hardware.devices={hw.devices} with strategy=auto: use hardware=ddp (or fsdp)")
     return name
@@ -188,8 +203,6 @@ def cluster_plugins() -> list[Any]:
 
 
 def is_sharded(strategy: Any) -> bool:
-    from pytorch_lightning.strategies import FSDPStrategy
-
     return isinstance(strategy, FSDPStrategy)
 
 
