@@ -51,14 +51,14 @@ QWEN25_05B = dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14,
 TOY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
            intermediate_size=128, vocab_size=None, max_position_embeddings=1024, rope_theta=1e6)
 # one ALIVE step as the paper shapes it, shortened: 8 documents, M=2 spans, 8 tasks, N=8 solutions, verbal
-WORKLOAD = ["+experiment=math", "warmstart.enabled=false", "reward=verbal", "hardware=gpu", "model.dtype=bfloat16", "benchmark.train_docs=500",
-            "trainer.docs_per_step=8", "trainer.spans_per_doc=2", "trainer.max_tasks_per_step=8",
-            "trainer.solutions_per_task=8", "trainer.generation.constructor_tokens=32",
+WORKLOAD = ["+experiment=math", "warmstart.enabled=false", "reward=verbal", "hardware=gpu", "model.dtype=bfloat16",
+            "benchmark.train_docs=500", "trainer.docs_per_step=8", "trainer.spans_per_doc=2",
+            "trainer.max_tasks_per_step=8", "trainer.solutions_per_task=8", "trainer.generation.constructor_tokens=32",
             "trainer.generation.solver_tokens=256", "trainer.generation.reviewer_tokens=128",
             "trainer.generation.batch_size=64", "trainer.micro_batch_size=16", "trainer.eval_at_end=false",
             "trainer.progress_bar=false", "trainer.checkpoint_every=0"]
-TINY_WORKLOAD = ["hardware=cpu", "hardware.torch_threads=1", "model.dtype=float32", "benchmark.train_docs=50", "trainer.docs_per_step=2",
-                 "trainer.max_tasks_per_step=2", "trainer.solutions_per_task=2",
+TINY_WORKLOAD = ["hardware=cpu", "hardware.torch_threads=1", "model.dtype=float32", "benchmark.train_docs=50",
+                 "trainer.docs_per_step=2", "trainer.max_tasks_per_step=2", "trainer.solutions_per_task=2",
                  "trainer.generation.constructor_tokens=8", "trainer.generation.solver_tokens=16",
                  "trainer.generation.reviewer_tokens=8", "trainer.micro_batch_size=8"]
 GENERATION_PHASES = ("construct", "solve", "review", "refine")
@@ -146,8 +146,9 @@ def run_steps(cfg: DictConfig, steps: int) -> tuple[list[dict[str, float]], floa
     info = {"parameters_M": sum(p.numel() for p in module.model.parameters()) / 1e6,
             "trainable_M": sum(p.numel() for n, p in module.model.named_parameters() if ".lora_" in n) / 1e6}
     trainer = pl.Trainer(accelerator=cfg.hardware.accelerator, devices=1, precision=cfg.hardware.precision,
-                         logger=False, callbacks=[PrintStep(), GenerationCopyOnDevice()], max_epochs=1, max_steps=-1, enable_checkpointing=False,
-                         enable_model_summary=False, enable_progress_bar=False, num_sanity_val_steps=0)
+                         logger=False, callbacks=[PrintStep(), GenerationCopyOnDevice()], max_epochs=1, max_steps=-1,
+                         enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False,
+                         num_sanity_val_steps=0)
     on_gpu = cfg.hardware.accelerator == "gpu"
     if on_gpu:
         torch.cuda.reset_peak_memory_stats()

@@ -136,5 +136,6 @@ def test_sigkilled_run_resumes_with_continuous_metrics_and_equal_results(tmp_pat
         assert [v for _, v in got[key]] == pytest.approx([v for _, v in want[key]], abs=1e-6), key
     _, run = only_run(root)
     assert run.info.status == "FINISHED" and run.info.run_id == info["mlflow_run_id"]
-    finished = [json.loads(p.read_text()).get("finished", False) for p in root.glob("outputs/train/*/checkpoints/run.json")]
+    finished = [json.loads(p.read_text()).get("finished", False)
+                for p in root.glob("outputs/train/*/checkpoints/run.json")]
     assert sorted(finished) == [False, True]  # the killed attempt's folder, then the resumed attempt's

@@ -110,7 +110,8 @@ def hydra_job_command(local_rank: int, extra: list[str]) -> list[str]:
     else:
         command = [sys.executable, "-m", __main__.__spec__.name]
     command += config_flags(sys.argv[1:])
-    command += [o for o in hc.overrides.task if o.split("=", 1)[0].lstrip("+~") not in {x.split("=", 1)[0] for x in extra}]
+    replaced = {x.split("=", 1)[0] for x in extra}
+    command += [o for o in hc.overrides.task if o.split("=", 1)[0].lstrip("+~") not in replaced]
     command += extra
     return command + [f'hydra.run.dir="{hc.runtime.output_dir}"', f"hydra.job.name={hc.job.name}_rank{local_rank}",
                       "hydra.output_subdir=null"]

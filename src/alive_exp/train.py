@@ -67,8 +67,8 @@ def resolve_resume(cfg: DictConfig, out: Path) -> str | None:
             raise FileNotFoundError(f"resume={cfg.resume!r}: no checkpoint at that path")
         done = read_run_info(Path(cfg.resume).parent).get("alive_step", 0)
         if done >= cfg.trainer.max_steps:
-            raise ValueError(f"resume={cfg.resume!r} is at ALIVE step {done}, trainer.max_steps={cfg.trainer.max_steps}:"
-                             " nothing left to train. Raise trainer.max_steps to continue this run.")
+            raise ValueError(f"resume={cfg.resume!r} is at ALIVE step {done}, trainer.max_steps="
+                             f"{cfg.trainer.max_steps}: nothing left to train. Raise trainer.max_steps to continue.")
         return str(cfg.resume)
     patterns = [str(out / "checkpoints" / "last.ckpt")]
     try:
@@ -137,8 +137,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         logger = tracking.make_logger(cfg, run_id=run_id, parent_run_id=parent)
         tracking.log_config(logger, cfg)
         module.mlflow_run_id = logger.run_id
-    callbacks: list[pl.Callback] = [AliveCheckpoint(out / "checkpoints", cfg.trainer.checkpoint_every, config_fingerprint(cfg)),
-                                    TranscriptFlush(cfg.trainer.checkpoint_every), distributed.DataShards()]
+    every = cfg.trainer.checkpoint_every
+    callbacks: list[pl.Callback] = [AliveCheckpoint(out / "checkpoints", every, config_fingerprint(cfg)),
+                                    TranscriptFlush(every), distributed.DataShards()]
     if isinstance(strategy, distributed.AliveDDPStrategy):
         callbacks.append(distributed.ReplicaCheck(out / "replicas.json"))
     if cfg.trainer.progress_bar:
