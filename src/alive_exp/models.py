@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -81,10 +83,15 @@ def build_tiny(cfg: DictConfig, data_dir: str | Path, corpus_domains: list[str])
         eos_token_id=fast.eos_token_id,
     )
     model = Qwen2ForCausalLM(config)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     fast.save_pretrained(tmp)
     model.save_pretrained(tmp)
-    tmp.rename(path)  # atomic: a half-built model is never picked up
+    try:
+        tmp.rename(path)  # atomic: a half-built model is never picked up
+    except OSError:
+        if not (path / "config.json").exists():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # a parallel job built it first
     return path
 
 
@@ -189,6 +196,10 @@ class MergedView:
 
     @torch.no_grad()
     def model(self) -> Any:
+        device = next(self.peft.parameters()).device
+        if next(self.plain.parameters()).device != device:  # follows the policy when Lightning moves it to a GPU
+            self.plain.to(device)
+            self.merged = None
         adapter = self.peft.active_adapter
         if self.merged != adapter:
             for lora, target in self.pairs:
