@@ -47,3 +47,9 @@ def small_cfg(tmp_path, shared_data):
         return compose_cfg([*base, *overrides], tmp_path)
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def _no_inherited_tracking_uri(monkeypatch):
+    """MLflow's client exports MLFLOW_TRACKING_URI into os.environ when it uses a store; tests must not inherit it."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

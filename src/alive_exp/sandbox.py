@@ -106,6 +106,16 @@ def _exposures() -> list[tuple[str, str]]:
     return [(h, d) for d, h in hidden.items() if h]
 
 
+_SCRATCH = ("/var/tmp", "/dev/shm", "/tmp")
+
+
+def _under_scratch() -> list[str]:
+    """Interpreter dirs (a virtualenv, say) inside /tmp-like dirs that the sandbox covers with its tmpfs."""
+    dirs = {os.path.realpath(sys.prefix), os.path.dirname(os.path.abspath(sys.executable))}
+    inside = sorted(d for d in dirs if any(d.startswith(s + os.sep) for s in _SCRATCH))
+    return [d for d in inside if not any(d.startswith(o + os.sep) for o in inside)]  # nested dirs come along
+
+
 def _mount(src: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
     enc = lambda s: s.encode() if s is not None else None  # noqa: E731 - ctypes wants bytes or NULL
     if _libc.mount(enc(src), enc(target), enc(fstype), flags, enc(data)) != 0:
@@ -129,10 +139,21 @@ def _setup_mounts(workdir: str, uid: int, exposures: list[tuple[str, str]]) -> N
         os.rmdir(stage)
     _mount("tmpfs", workdir, "tmpfs", _MS_NOSUID | _MS_NODEV, f"mode=0700,uid={uid},gid={uid},size={4 * FILE_MB}m")
     os.chdir(workdir)  # enter the tmpfs; "." names it even after /tmp is covered
-    for scratch in ("/var/tmp", "/dev/shm", "/tmp"):
+    # an interpreter (virtualenv) that lives under a scratch dir must survive covering it
+    kept = []
+    for i, path in enumerate(_under_scratch()):
+        stage = os.path.abspath(f".keep{i}")
+        os.mkdir(stage)
+        _mount(path, stage, None, _MS_BIND | _MS_REC)
+        kept.append((f".keep{i}", path))
+    for scratch in _SCRATCH:
         if os.path.isdir(scratch):
             _mount(".", scratch, None, _MS_BIND)
     os.chdir("/tmp")  # the same tmpfs, under a path that exists in the child's view
+    for stage, path in kept:
+        os.makedirs(path, mode=0o755, exist_ok=True)
+        _mount(os.path.abspath(stage), path, None, _MS_MOVE)
+        os.rmdir(stage)
 
 
 def _child_setup(plan: _Plan, uid: int | None, workdir: str, timeout_s: float, memory_mb: int):
