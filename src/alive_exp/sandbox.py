@@ -148,12 +148,11 @@ def _setup_mounts(workdir: str, uid: int, exposures: list[tuple[str, str]]) -> N
         kept.append((f".keep{i}", path))
     for scratch in _SCRATCH:
         if os.path.isdir(scratch):
-            _mount(".", scratch, None, _MS_BIND)
+            _mount(".", scratch, None, _MS_BIND | (_MS_REC if kept else 0))
     os.chdir("/tmp")  # the same tmpfs, under a path that exists in the child's view
     for stage, path in kept:
         os.makedirs(path, mode=0o755, exist_ok=True)
-        _mount(os.path.abspath(stage), path, None, _MS_MOVE)
-        os.rmdir(stage)
+        _mount(os.path.abspath(stage), path, None, _MS_BIND | _MS_REC)
 
 
 def _child_setup(plan: _Plan, uid: int | None, workdir: str, timeout_s: float, memory_mb: int):
