@@ -107,6 +107,7 @@ def _exposures() -> list[tuple[str, str]]:
 
 
 _SCRATCH = ("/var/tmp", "/dev/shm", "/tmp")
+_MNT_DETACH = 2
 
 
 def _under_scratch() -> list[str]:
@@ -153,6 +154,10 @@ def _setup_mounts(workdir: str, uid: int, exposures: list[tuple[str, str]]) -> N
     for stage, path in kept:
         os.makedirs(path, mode=0o755, exist_ok=True)
         _mount(os.path.abspath(stage), path, None, _MS_BIND | _MS_REC)
+        for scratch in _SCRATCH:  # the staging copies are no business of the sandboxed code
+            _libc.umount2(os.path.join(scratch, stage).encode(), _MNT_DETACH)
+        with contextlib.suppress(OSError):
+            os.rmdir(stage)
 
 
 def _child_setup(plan: _Plan, uid: int | None, workdir: str, timeout_s: float, memory_mb: int):
