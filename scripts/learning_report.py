@@ -41,7 +41,8 @@ def train_and_eval(mode: str, seed: int, steps: int, args) -> dict[str, float]:
     overrides = ["+experiment=math", f"reward={mode}", f"seed={seed}", f"trainer.max_steps={steps}",
                  f"benchmark.eval_size={args.eval_size}", "trainer.progress_bar=false", "trainer.checkpoint_every=0",
                  f"paths.data_dir={REPO / 'data'}", f"logger.tracking_uri=sqlite:///{args.work}/mlflow.db",
-                 f"logger.tags={{study: learning_report, arm: {mode if steps else 'warm_start'}}}", *args.overrides]
+                 "+logger.tags.study=learning_report", f"+logger.tags.arm={mode if steps else 'warm_start'}",
+                 *args.overrides]
     out = run(compose_cfg(overrides, args.work))
     client = MlflowClient(f"sqlite:///{args.work}/mlflow.db")
     logged = client.get_run(out["mlflow_run_id"]).data.metrics
