@@ -79,3 +79,14 @@ def test_policy_gradient_raises_a_satisfiable_reward(small_cfg):
     curve = [m.value for m in sorted(client.get_metric_history(r.info.run_id, "train/reward_mean"), key=lambda m: m.step)]
     first, last = sum(curve[:4]) / 4, sum(curve[-4:]) / 4
     assert last > first + 0.1, curve
+
+
+def test_hub_model_offline_fails_naming_the_model_and_the_way_out(tmp_path, monkeypatch):
+    from alive_exp import models
+    from conftest import compose_cfg
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = compose_cfg(["model=qwen2.5-0.5b"], tmp_path)
+    with pytest.raises(RuntimeError) as err:
+        models.load_base(cfg.model, tmp_path, ["math"])
+    assert "Qwen/Qwen2.5-0.5B-Instruct" in str(err.value) and "model=tiny" in str(err.value)
