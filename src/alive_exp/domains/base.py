@@ -56,6 +56,22 @@ class Critique:
     error: str | None = None
 
 
+def checked_sources(domain: str, sources, known) -> tuple[str, ...]:
+    """The configured sources of a domain, or a clear error naming the unknown ones."""
+    unknown = set(sources) - set(known)
+    if unknown:
+        raise ValueError(f"unknown {domain} sources {sorted(unknown)} in benchmark.options.sources; known: {list(known)}")
+    return tuple(sources)
+
+
+def merged_options(defaults: dict[str, dict], overrides: dict[str, dict] | None) -> dict[str, dict]:
+    """Per-source generator options: the domain's defaults, updated key by key from the config."""
+    out = {k: dict(v) for k, v in defaults.items()}
+    for k, v in (overrides or {}).items():
+        out[k] = {**out.get(k, {}), **dict(v)}
+    return out
+
+
 class Domain(ABC):
     """One mechanism for every domain; subclasses fill in the domain-specific parts."""
 

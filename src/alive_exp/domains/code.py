@@ -39,7 +39,7 @@ from typing import Any
 
 from alive_exp import sandbox
 from alive_exp.domains import hub
-from alive_exp.domains.base import MASK, Critique, Document, Domain, Task, verdict_line
+from alive_exp.domains.base import MASK, Critique, Document, Domain, Task, checked_sources, verdict_line
 
 log = logging.getLogger(__name__)
 
@@ -217,10 +217,7 @@ class CodeDomain(Domain):
         **options: Any,
     ) -> None:
         super().__init__(**options)
-        unknown = set(sources) - set(SOURCES)
-        if unknown:
-            raise ValueError(f"unknown code sources {sorted(unknown)} in benchmark.options.sources; known: {list(SOURCES)}")
-        self.sources = tuple(sources)
+        self.sources = checked_sources(self.name, sources, SOURCES)
         self.heldout_share, self.split_seed = heldout_share, split_seed
         self.timeout_s, self.memory_mb, self.max_doc_chars = timeout_s, memory_mb, max_doc_chars
 

@@ -27,7 +27,7 @@ import re
 from functools import lru_cache
 from typing import Any
 
-from alive_exp.domains.base import MASK, Critique, Document, Domain, Task, verdict_line
+from alive_exp.domains.base import MASK, Critique, Document, Domain, Task, checked_sources, merged_options, verdict_line
 
 log = logging.getLogger(__name__)
 
@@ -80,14 +80,10 @@ class LogicDomain(Domain):
         **options: Any,
     ) -> None:
         super().__init__(**options)
-        unknown = set(sources) - set(SOURCES)
-        if unknown:
-            raise ValueError(f"unknown logic sources {sorted(unknown)} in benchmark.options.sources; known: {list(SOURCES)}")
-        self.sources = tuple(sources)
+        self.sources = checked_sources(self.name, sources, SOURCES)
         # zebra puzzles of 3 people x 3 traits generate in ~13 ms; reasoning-gym's default 4 x 4 takes ~50 ms
-        self.source_options = {"zebra_puzzles": {"num_people": 3, "num_characteristics": 3}}
-        for k, v in (source_options or {}).items():
-            self.source_options[k] = {**self.source_options.get(k, {}), **dict(v)}
+        self.source_options = merged_options({"zebra_puzzles": {"num_people": 3, "num_characteristics": 3}},
+                                             source_options)
         self.heldout_share, self.split_seed = heldout_share, split_seed
 
     # -- documents ------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from functools import lru_cache
 from typing import Any
 
 from alive_exp.domains import hub
-from alive_exp.domains.base import MASK, Critique, Document, Domain, Task, verdict_line
+from alive_exp.domains.base import MASK, Critique, Document, Domain, Task, merged_options, verdict_line
 
 log = logging.getLogger(__name__)
 
@@ -104,15 +104,13 @@ class MathDomain(Domain):
     ) -> None:
         super().__init__(**options)
         self.sources = tuple(sources)
-        self.source_options = {
+        self.source_options = merged_options({
             "basic_arithmetic": dict(
                 min_terms=2, max_terms=3, min_digits=1, max_digits=2, operators=("+", "-", "*"),
                 allow_parentheses=False, allow_negation=False,
             ),
             "gsm_symbolic": {},
-        }
-        for k, v in (source_options or {}).items():
-            self.source_options[k] = {**self.source_options.get(k, {}), **dict(v)}
+        }, source_options)
         self.train_pool = train_pool
         self.hub_benchmarks = tuple(hub_benchmarks)
 
