@@ -135,8 +135,24 @@ def test_verbal_distills_confirmed_revisions_and_credits_the_reviewer(small_cfg)
     # the critique that led to a correct revision earns the instructive bonus
     assert s.reviewer_reward(group[0]) == pytest.approx(1.0 + s.rcfg.reviewer_instructive)
     assert s.reviewer_reward(group[1]) == pytest.approx(1.0)
+    # rejecting a right solution earns nothing, even when the revision stays right
+    assert s.reviewer_reward(_attempt(True, False, revision_correct=True)) == 0.0
     scalar = _step(small_cfg, "scalar").samples([], [group], warmup=False)
     assert not [x for x in scalar["solver"] if x.kind == "distill"]
+
+
+def test_reviewer_agreement_is_class_balanced(small_cfg):
+    """A reviewer that rejects everything must not beat one that accepts everything because most solutions are wrong."""
+    s = _step(small_cfg, "scalar")
+    flat = [_attempt(True, None), _attempt(False, None), _attempt(False, None), _attempt(False, None)]
+    w = s.agreement_weights(flat)
+    assert w == {True: pytest.approx(2.0), False: pytest.approx(2 / 3)}
+    reject = sum(s.reviewer_reward(_attempt(a.correct, False), w[a.correct]) for a in flat)
+    accept = sum(s.reviewer_reward(_attempt(a.correct, True), w[a.correct]) for a in flat)
+    assert reject == pytest.approx(accept) == pytest.approx(2.0)
+    unbalanced = _step(small_cfg, "scalar")
+    unbalanced.rcfg.reviewer_balance = False
+    assert unbalanced.agreement_weights(flat) == {True: 1.0, False: 1.0}
 
 
 def test_fcp_conditions_on_critiques(small_cfg):
@@ -163,7 +179,7 @@ def test_every_mode_runs_and_logs_the_step_metrics(small_cfg, mode):
     assert {f"time/{p}" for p in PHASES} <= keys and "tokens/refine" in keys
     assert {"constructor/valid_rate", "reviewer/agreement", "reviewer/precision", "reviewer/recall",
             "refine/success_rate", "constructor/solve_rate_hist/0"} <= keys
-    assert "eval/math_heldout/self_correction/delta" in keys
+    assert {f"eval/math_heldout/self_correction/{k}" for k in ("delta", "gated_delta", "critique_agreement")} <= keys
     client = MlflowClient(cfg.logger.tracking_uri)
     refine_tokens = [m.value for m in client.get_metric_history(out["mlflow_run_id"], "tokens/refine")]
     # the warm-up step's oracle judges the random model's solutions incorrect, so verbal refines them

@@ -90,3 +90,12 @@ def test_hub_model_offline_fails_naming_the_model_and_the_way_out(tmp_path, monk
     with pytest.raises(RuntimeError) as err:
         models.load_base(cfg.model, tmp_path, ["math"])
     assert "Qwen/Qwen2.5-0.5B-Instruct" in str(err.value) and "model=tiny" in str(err.value)
+
+
+def test_warm_start_cache_key_ignores_the_time_budget_only(small_cfg):
+    from alive_exp.warmstart import warmstart_dir
+
+    base = warmstart_dir(small_cfg())
+    assert warmstart_dir(small_cfg("warmstart.max_minutes=3")) == base
+    assert warmstart_dir(small_cfg("warmstart.steps=7")) != base
+    assert warmstart_dir(small_cfg("warmstart.lr=1e-4")) != base

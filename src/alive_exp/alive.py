@@ -178,7 +178,8 @@ class AliveStep:
             out["reviewer"] = [Sample("reviewer", self.gen.encode_prompt(a.critique_prompt), enc(a.critique.text), 0.0, 1.0,
                                       "oracle") for a in flat if a.critique.verdict is not None]
         else:
-            rewards = [self.reviewer_reward(a) for a in flat]
+            weight = self.agreement_weights(flat)
+            rewards = [self.reviewer_reward(a, weight[a.correct]) for a in flat]
             (adv,) = group_advantages([rewards], "batch", self.rcfg.scale_by_std)
             out["reviewer"] = [Sample("reviewer", a.critique_completion.prompt_ids, a.critique_completion.completion_ids, ad)
                                for a, ad in zip(flat, adv)]
@@ -196,10 +197,24 @@ class AliveStep:
                                   for g, adv in zip(cgroups, cadv) for p, ad in zip(g, adv)]
         return out
 
-    def reviewer_reward(self, a: Attempt) -> float:
+    def agreement_weights(self, flat: list[Attempt]) -> dict[bool, float]:
+        """Weights that make agreement on right and on wrong solutions count equally (balanced accuracy).
+
+        Without them a reviewer facing mostly wrong solutions earns most of its reward by rejecting
+        everything, and that verdict sends every correct solution to be rewritten.
+        """
+        if not self.rcfg.reviewer_balance:
+            return {True: 1.0, False: 1.0}
+        n_right = sum(a.correct for a in flat)
+        counts = {True: n_right, False: len(flat) - n_right}
+        return {k: (len(flat) / (2 * v) if v else 1.0) for k, v in counts.items()}
+
+    def reviewer_reward(self, a: Attempt, weight: float = 1.0) -> float:
         if a.critique.verdict is None:
             return 0.0
-        r = self.rcfg.reviewer_agreement * float(a.critique.verdict == a.correct)
-        if a.revision is not None and a.revision_correct:
+        r = self.rcfg.reviewer_agreement * weight * float(a.critique.verdict == a.correct)
+        if a.revision is not None and a.revision_correct and not a.correct:
+            # instructive: the critique turned a wrong solution into a right one (rejecting a right solution
+            # that the refiner merely kept right earns nothing, or rejecting everything would pay)
             r += self.rcfg.reviewer_instructive
         return r

@@ -72,6 +72,7 @@ class RewardConfig:
     refine: bool = False
     fcp_coef: float = 1.0
     reviewer_agreement: float = 1.0
+    reviewer_balance: bool = True
     reviewer_instructive: float = 0.5
     constructor_invalid: float = -1.0
 

@@ -4,7 +4,8 @@ For every benchmark suite of every evaluated domain:
 - pass@1: one greedy solution per task; pass@k: k sampled solutions (unbiased estimator);
 - self-correction (SCoRe): attempt 1 (greedy), the model's own critique without the reference,
   attempt 2 revised under that critique; acc_t1, acc_t2, delta, delta_i_to_c, delta_c_to_i and the
-  edit-distance ratio between attempts;
+  edit-distance ratio between attempts; `gated_*` the same when attempt 1 is kept wherever the model's
+  own critique accepts it (ALIVE's refine rule), `critique_*` how well those blind verdicts match;
 - reviewer quality: the reviewer (with reference) judges the sampled solutions of known correctness.
 
 Metrics are named `eval/<benchmark>/...`.
@@ -116,4 +117,9 @@ class Evaluator:
         t2 = [ok for ok, _ in domain.score_many([c.text for c in attempt2], tasks)]
         sc = M.self_correction(t1, t2)
         sc["edit_distance_ratio"] = M.mean([M.edit_distance_ratio(a.text, b.text) for a, b in zip(attempt1, attempt2)])
+        # ALIVE's inference rule (as in its refine phase): revise only what the model's own critique rejects
+        verdicts = [parse_critique(k).verdict for k in critiques]
+        gated = [b if v is False else a for a, b, v in zip(t1, t2, verdicts)]
+        sc.update({f"gated_{k}": v for k, v in M.self_correction(t1, gated).items() if k != "acc_t1"})
+        sc.update({f"critique_{k}": v for k, v in M.reviewer_quality(verdicts, t1).items()})
         return {f"self_correction/{k}": v for k, v in sc.items()}

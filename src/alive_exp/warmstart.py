@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -45,7 +46,8 @@ def warmstart_dir(cfg: DictConfig) -> Path:
         "roles": OmegaConf.to_container(cfg.roles, resolve=True),
         "eval_domains": sorted(cfg.benchmark.eval_domains),
     }
-    spec["warmstart"].pop("enabled", None)
+    for budget_only in ("enabled", "max_minutes"):  # a time budget does not change a run that finishes in it
+        spec["warmstart"].pop(budget_only, None)
     key = hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
     return Path(cfg.paths.data_dir) / "warmstart" / f"{cfg.benchmark.domain}-{key}"
 
@@ -129,7 +131,13 @@ def build_warmstart(cfg: DictConfig, progress: bool = True) -> Path:
     """Train (or find cached) the warm-started tiny model for cfg's domain; returns its folder."""
     out = warmstart_dir(cfg)
     if (out / "metrics.json").exists():
-        return out
+        cached = json.loads((out / "metrics.json").read_text())
+        budget = 60 * (cfg.warmstart.max_minutes or float("inf"))
+        if cached.get("steps", 0) >= cfg.warmstart.steps or budget <= 1.1 * cached.get("train_seconds", 0):
+            return out
+        log.warning("the cached warm start %s stopped at a smaller time budget after %d of %d steps; rebuilding it",
+                    out, cached["steps"], cfg.warmstart.steps)
+        shutil.rmtree(out)
     w = cfg.warmstart
     torch.manual_seed(w.seed)
     options = OmegaConf.to_container(cfg.benchmark.options, resolve=True) or {}

@@ -26,6 +26,7 @@ from alive_exp.domains.base import MASK, Critique, Document, Domain, Task, merge
 
 log = logging.getLogger(__name__)
 
+HELDOUT_SEED = 1_000_000_007  # reasoning-gym seeds item i with seed + i: far from every training pool
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 _STEP = re.compile(r"(-?\d+(?:\.\d+)?)\s*([-+*/×x])\s*(-?\d+(?:\.\d+)?)\s*=\s*(-?\d+(?:\.\d+)?)")
 _OPS: dict[type, Callable[[Any, Any], Any]] = {
@@ -145,9 +146,10 @@ class MathDomain(Domain):
             if split == "train":
                 docs += self._generate(source, n, seed)
             else:
-                # held-out problems never appear in the training pool of the same seed
+                # one fixed benchmark for every seed (seeds change training, not the test), less any problem
+                # that occurs in this seed's training pool
                 seen = {d.text.splitlines()[0] for d in self._generate(source, self.train_pool, seed)}
-                fresh = [d for d in self._generate(source, 4 * n + 100, seed + 1_000_000_007) if d.text.splitlines()[0] not in seen]
+                fresh = [d for d in self._generate(source, 4 * n + 100, HELDOUT_SEED) if d.text.splitlines()[0] not in seen]
                 if len(fresh) < n:
                     log.warning("math/%s: only %d held-out problems are disjoint from training", source, len(fresh))
                 docs += fresh[:n]
