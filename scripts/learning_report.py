@@ -82,7 +82,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--modes", nargs="+", default=["scalar", "verbal"])
     ap.add_argument("--steps", type=int, default=None, help="ALIVE steps per run (default: the experiment's)")
-    ap.add_argument("--eval-size", type=int, default=400)
+    ap.add_argument("--eval-size", type=int, default=200)
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "learning_report.md")

@@ -155,6 +155,19 @@ def test_reviewer_agreement_is_class_balanced(small_cfg):
     assert unbalanced.agreement_weights(flat) == {True: 1.0, False: 1.0}
 
 
+@pytest.mark.parametrize("share", [0.0, 0.5, 1.0])
+def test_blind_review_share_hides_the_reference_from_that_share_of_reviews(small_cfg, share):
+    s = build(small_cfg("trainer.warmup_steps=1", f"trainer.blind_review_share={share}"), evaluate=False).step_impl
+    attempts = [[_attempt(i % 2 == 0, None) for i in range(20)]]
+    assert s.review(attempts, step=0)  # warm-up: the oracle writes the critiques, whatever the prompt
+    blind = [("Reference:" not in a.critique_prompt) for a in attempts[0]]
+    assert all(a.critique is not None for a in attempts[0])
+    if share in (0.0, 1.0):
+        assert all(b == bool(share) for b in blind)
+    else:
+        assert 0 < sum(blind) < len(blind)
+
+
 def test_fcp_conditions_on_critiques(small_cfg):
     s = _step(small_cfg, "fcp")
     task = _attempt(True, True).task

@@ -66,3 +66,24 @@ def test_rule_critic_names_the_wrong_step():
     assert c.verdict is False and "Step 1" in c.text and "18" in c.text
     assert math.critique(task, "3 * 6 = 18\n5 - 18 = -13\nAnswer: -13").verdict is True
     assert "never states a final answer" in math.critique(task, "3 * 6 = 18").text
+
+
+def test_hide_answer_restricts_the_constructor_to_whole_problems():
+    d = domains.get("math", hide="answer")
+    doc = next(x for x in d.documents("train", 50, 0) if x.text.count("\n") >= 3)
+    answer = doc.text.rsplit(d.answer_prefix, 1)[1].strip()
+    assert [doc.text[s:e] for s, e in d.candidate_spans(doc)] == [answer]
+    # the final value also ends the working; hiding it means the answer line, so the task is the question
+    check = d.check_span(doc, answer)
+    assert check.valid and d.make_task(doc, check.start, check.end).prompt == doc.text.splitlines()[0]
+    step_value = doc.text.splitlines()[1].split("= ")[1]
+    assert "only the final answer" in d.check_span(doc, step_value).reason
+    assert len(domains.get("math").candidate_spans(doc)) > 1
+    with pytest.raises(ValueError, match="hide"):
+        domains.get("math", hide="steps")
+
+
+def test_fixed_heldout_benchmark_across_seeds():
+    d = domains.get("math")
+    a, b = d.documents("test", 30, 0), d.documents("test", 30, 100)
+    assert len({x.text for x in a} & {x.text for x in b}) >= 28

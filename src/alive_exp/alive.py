@@ -120,9 +120,14 @@ class AliveStep:
     def review(self, attempts: list[list[Attempt]], step: int) -> bool:
         """Fill in a critique for every attempt; True when the oracle wrote them (warm-up)."""
         flat = [a for g in attempts for a in g]
+        # a share of reviews is blind (no reference), the way the model must critique itself at test time
+        rng = random.Random(phase_seed(self.cfg.seed, step, "blind-review"))
         for a in flat:
-            a.critique_prompt = self.templates.render(
-                "reviewer", task=a.task.prompt, reference=a.task.reference, solution=a.completion.text)
+            if rng.random() < self.tr.blind_review_share:
+                a.critique_prompt = self.templates.render("reviewer_blind", task=a.task.prompt, solution=a.completion.text)
+            else:
+                a.critique_prompt = self.templates.render(
+                    "reviewer", task=a.task.prompt, reference=a.task.reference, solution=a.completion.text)
         warmup = step < self.tr.warmup_steps
         if warmup:
             critiques = self.oracle.critique([CritiqueRequest(a.task, a.completion.text, a.critique_prompt) for a in flat])
@@ -157,6 +162,8 @@ class AliveStep:
                                           correct=[a.correct for a in g], critiques=[a.critique for a in g])
                   for g in attempts]
         advs = group_advantages(groups, self.rcfg.advantage, self.rcfg.scale_by_std)
+        neg = self.rcfg.negative_weight  # < 1 damps the push-down on below-average solutions (W-REINFORCE)
+        advs = [[a if a >= 0 else neg * a for a in adv] for adv in advs]
         for g, rewards, adv in zip(attempts, groups, advs):
             for a, r, ad in zip(g, rewards, adv):
                 a.reward = r

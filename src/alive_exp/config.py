@@ -66,6 +66,7 @@ class RewardConfig:
     mode: str = "scalar"  # scalar | judge | verbal | fcp
     advantage: str = "grpo"  # grpo | rloo | batch
     scale_by_std: bool = True
+    negative_weight: float = 1.0
     clip_eps: float = 0.2
     kl_coef: float = 0.0
     distill_coef: float = 1.0
@@ -117,6 +118,7 @@ class TrainerConfig:
     constructor: str = "learned"  # learned | rule
     span_min_chars: int = 1
     span_max_chars: int = 40
+    blind_review_share: float = 0.0
     warmup_steps: int = 0  # oracle writes critiques for the first warmup_steps
     micro_batch_size: int = 32
     generation: GenerationConfig = field(default_factory=GenerationConfig)

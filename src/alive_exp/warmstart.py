@@ -36,13 +36,20 @@ log = logging.getLogger(__name__)
 KINDS = ("constructor", "solver", "reviewer", "reviewer_blind", "refiner")
 
 
+def warmstart_options(cfg: DictConfig) -> dict:
+    """The domain options the warm start uses: all but `hide`, so it teaches every kind of task."""
+    options = OmegaConf.to_container(cfg.benchmark.options, resolve=True) or {}
+    options.pop("hide", None)
+    return options
+
+
 def warmstart_dir(cfg: DictConfig) -> Path:
     """Cache folder keyed by everything that changes the warm-started weights."""
     spec = {
         "warmstart": OmegaConf.to_container(cfg.warmstart, resolve=True),
         "tiny": OmegaConf.to_container(cfg.model.tiny, resolve=True),
         "domain": cfg.benchmark.domain,
-        "options": OmegaConf.to_container(cfg.benchmark.options, resolve=True),
+        "options": warmstart_options(cfg),
         "roles": OmegaConf.to_container(cfg.roles, resolve=True),
         "eval_domains": sorted(cfg.benchmark.eval_domains),
     }
@@ -140,8 +147,7 @@ def build_warmstart(cfg: DictConfig, progress: bool = True) -> Path:
         shutil.rmtree(out)
     w = cfg.warmstart
     torch.manual_seed(w.seed)
-    options = OmegaConf.to_container(cfg.benchmark.options, resolve=True) or {}
-    domain = domains.get(cfg.benchmark.domain, **options)
+    domain = domains.get(cfg.benchmark.domain, **warmstart_options(cfg))
     corpus_domains = sorted({cfg.benchmark.domain, *cfg.benchmark.eval_domains})
     base_cfg = OmegaConf.merge(cfg.model, {"init_from": None, "source": "tiny"})
     model, tok, _ = models.load_base(base_cfg, cfg.paths.data_dir, corpus_domains)

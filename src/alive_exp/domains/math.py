@@ -101,9 +101,13 @@ class MathDomain(Domain):
         source_options: dict[str, dict] | None = None,
         train_pool: int = 20000,
         hub_benchmarks: tuple[str, ...] | list[str] = (),
+        hide: str = "any",
         **options: Any,
     ) -> None:
         super().__init__(**options)
+        if hide not in ("any", "answer"):
+            raise ValueError(f"math: hide must be 'any' or 'answer', got {hide!r}")
+        self.hide = hide  # answer: the constructor may hide only the final answer (tasks = whole problems)
         self.sources = tuple(sources)
         self.source_options = merged_options({
             "basic_arithmetic": dict(
@@ -171,13 +175,21 @@ class MathDomain(Domain):
                     if m:
                         spans.append((offset + m.start(), offset + m.end()))
             offset += len(line)
+        if self.hide == "answer":
+            return [sp for sp in spans if doc.text.startswith(self.answer_prefix, doc.text.rfind("\n", 0, sp[0]) + 1)]
         return spans
+
+    def locate_span(self, doc: Document, span: str) -> int:
+        # with hide=answer a value that also ends the working means the answer line: its last occurrence
+        return doc.text.rfind(span) if self.hide == "answer" else doc.text.find(span)
 
     def unsolvable_reason(self, doc: Document, start: int, end: int) -> str:
         if "\n" not in doc.text[:start]:
             return "span lies in the question"
         if not any(ch.isdigit() for ch in doc.text[start:end]):
             return "span holds no number to compute"
+        if self.hide == "answer" and not doc.text.startswith(self.answer_prefix, doc.text.rfind("\n", 0, start) + 1):
+            return "only the final answer may be hidden (benchmark.options.hide=answer)"
         return ""
 
     def make_task(self, doc: Document, start: int, end: int) -> Task:
