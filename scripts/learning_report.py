@@ -96,8 +96,10 @@ def main() -> None:
     from alive_exp.warmstart import build_warmstart
 
     start = time.perf_counter()
-    cfg = compose_cfg(overrides_for("scalar", args.seeds[0], 0, args), args.work)
+    cfg = compose_cfg(["+experiment=math", f"paths.data_dir={args.data}", *args.overrides], args.work)
     args.steps = args.steps if args.steps is not None else int(cfg.trainer.max_steps)
+    if args.steps < 1:
+        raise SystemExit(f"--steps must be at least 1, got {args.steps}")
     build_warmstart(cfg, progress=True)  # once, before the runs that share it
     jobs = [("scalar", seed, 0) for seed in args.seeds] + [(m, s, args.steps) for m in args.modes for s in args.seeds]
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
@@ -141,8 +143,12 @@ def write_report(results, args, minutes: float) -> None:
             per = ", ".join(f"{v:.3f}" for v in vals)
             g = "" if arm == "warm_start" else f"{gain:+.3f}"
             lines.append(f"| {arm} | {m} | {per} | {mu:.3f} | {sd:.3f} | {g} | {ok} |")
+    def gain(arm: str, m: str) -> str:
+        g = summarise([results[arm][s][m] for s in args.seeds])[0] - base[m][0]
+        return f"{g:+.3f}, {g * args.eval_size:+.1f} of {args.eval_size} problems"
+
     summary = [f"{arm}: " + ", ".join(f"{m} {'rises' if verdicts[(arm, m)] == 'yes' else 'does not rise'} above the "
-                                      "seed spread" for m in HEADLINE) for arm in args.modes]
+                                      f"seed spread ({gain(arm, m)})" for m in HEADLINE) for arm in args.modes]
     lines += [
         "",
         "**Verdict** (computed): " + "; ".join(summary) + ".",

@@ -168,6 +168,31 @@ def test_blind_review_share_hides_the_reference_from_that_share_of_reviews(small
         assert 0 < sum(blind) < len(blind)
 
 
+def test_instructive_bonus_does_not_pay_for_rejecting_everything(small_cfg):
+    s = _step(small_cfg, "verbal")
+
+    def batch(verdict):
+        # two wrong solutions (the refiner fixes one when asked), two right ones
+        out = [_attempt(False, verdict, revision_correct=True if verdict is False else None),
+               _attempt(False, verdict, revision_correct=False if verdict is False else None),
+               _attempt(True, verdict, revision_correct=True if verdict is False else None),
+               _attempt(True, verdict, revision_correct=True if verdict is False else None)]
+        return out
+
+    def total(flat, fix_rate):
+        w = s.agreement_weights(flat)
+        return sum(s.reviewer_reward(a, w[a.correct], fix_rate) for a in flat)
+
+    rejected = batch(False)
+    assert s.fix_rate(rejected) == 0.5
+    accepted = batch(True)
+    # accepting everything earns the bonus at the fix rate the rejections achieved
+    assert total(rejected, s.fix_rate(rejected)) == pytest.approx(total(accepted, 0.5))
+    right = [_attempt(False, False, revision_correct=True), _attempt(False, False, revision_correct=False),
+             _attempt(True, True), _attempt(True, True)]
+    assert total(right, s.fix_rate(right)) > total(rejected, 0.5) + 1.0
+
+
 def test_fcp_conditions_on_critiques(small_cfg):
     s = _step(small_cfg, "fcp")
     task = _attempt(True, True).task

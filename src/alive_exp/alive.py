@@ -186,7 +186,8 @@ class AliveStep:
                                       "oracle") for a in flat if a.critique.verdict is not None]
         else:
             weight = self.agreement_weights(flat)
-            rewards = [self.reviewer_reward(a, weight[a.correct]) for a in flat]
+            fix_rate = self.fix_rate(flat)
+            rewards = [self.reviewer_reward(a, weight[a.correct], fix_rate) for a in flat]
             (adv,) = group_advantages([rewards], "batch", self.rcfg.scale_by_std)
             out["reviewer"] = [Sample("reviewer", a.critique_completion.prompt_ids, a.critique_completion.completion_ids, ad)
                                for a, ad in zip(flat, adv)]
@@ -216,12 +217,26 @@ class AliveStep:
         counts = {True: n_right, False: len(flat) - n_right}
         return {k: (len(flat) / (2 * v) if v else 1.0) for k, v in counts.items()}
 
-    def reviewer_reward(self, a: Attempt, weight: float = 1.0) -> float:
+    @staticmethod
+    def fix_rate(flat: list[Attempt]) -> float:
+        """Share of rejected wrong solutions whose revision came out right (0 when nothing was revised)."""
+        revised = [a for a in flat if not a.correct and a.revision is not None]
+        return sum(a.revision_correct for a in revised) / len(revised) if revised else 0.0
+
+    def reviewer_reward(self, a: Attempt, weight: float = 1.0, fix_rate: float = 0.0) -> float:
+        """Agreement with the reference check, plus the instructive bonus, both weighted by class.
+
+        Instructive: the critique turned a wrong solution into a right one. Accepting a right solution
+        earns the same bonus at the batch's fix rate, so the bonus rewards useful critiques without
+        tilting the verdict: otherwise rejecting everything pays (rejecting a right solution that the
+        refiner merely keeps right earns nothing).
+        """
         if a.critique.verdict is None:
             return 0.0
-        r = self.rcfg.reviewer_agreement * weight * float(a.critique.verdict == a.correct)
-        if a.revision is not None and a.revision_correct and not a.correct:
-            # instructive: the critique turned a wrong solution into a right one (rejecting a right solution
-            # that the refiner merely kept right earns nothing, or rejecting everything would pay)
-            r += self.rcfg.reviewer_instructive
+        agree = a.critique.verdict == a.correct
+        r = self.rcfg.reviewer_agreement * weight * float(agree)
+        if not a.correct and a.revision is not None and a.revision_correct:
+            r += self.rcfg.reviewer_instructive * weight
+        elif a.correct and agree:
+            r += self.rcfg.reviewer_instructive * weight * fix_rate
         return r
