@@ -26,4 +26,5 @@ def test_trl_benchmark_prints_ratios_from_measured_runs(tmp_path):
     figures = json.loads(out.read_text())
     sides = {r["side"]: r for r in figures["train"]}
     assert len(sides) == 2 and all(r["tokens"] > 0 and r["train_s"] > 0 and r["peak_mb"] > 0 for r in sides.values())
-    assert all(v > 0 for v in figures["rollout"].values())
+    rollout = {k: v for k, v in figures["rollout"].items() if k != "side"}
+    assert set(rollout) == {"plain generate loop", "alive-exp rollout"} and all(v > 0 for v in rollout.values())
