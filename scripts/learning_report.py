@@ -100,7 +100,8 @@ def main() -> None:
     args.steps = args.steps if args.steps is not None else int(cfg.trainer.max_steps)
     if args.steps < 1:
         raise SystemExit(f"--steps must be at least 1, got {args.steps}")
-    build_warmstart(cfg, progress=True)  # once, before the runs that share it
+    if cfg.warmstart.enabled:
+        build_warmstart(cfg, progress=True)  # once, before the runs that share it
     jobs = [("scalar", seed, 0) for seed in args.seeds] + [(m, s, args.steps) for m in args.modes for s in args.seeds]
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
         futures = {job: pool.submit(train_and_eval, *job, args) for job in jobs}

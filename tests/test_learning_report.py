@@ -31,6 +31,7 @@ def test_learning_report_reads_its_numbers_back_from_mlflow(tmp_path):
     assert "| warm_start | accuracy |" in text and "| scalar | gated_sc_delta |" in text
     assert "**Verdict** (computed): scalar: accuracy" in text
     assert out.with_suffix(".png").stat().st_size > 1000
+    assert not (tmp_path / "data" / "warmstart").exists()  # warmstart.enabled=false is honoured
     results = json.loads(out.with_suffix(".json").read_text())
     for arm, steps in (("warm_start", 0), ("scalar", 1)):
         for seed in (0, 1):
