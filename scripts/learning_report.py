@@ -1,6 +1,6 @@
 """Does the embedded default learn? Warm start vs trained, scalar and verbal, over several seeds.
 
-    python scripts/learning_report.py            # ~40 min on 2 cores; writes docs/learning_report.md (+ .png, .json)
+    python scripts/learning_report.py            # ~12 min on 2 cores (+6 for an uncached warm start); writes docs/learning_report.md (+ .png, .json)
 
 For each seed: the warm-started model is evaluated as it is (the baseline: 0 ALIVE steps), then trained
 from it with each reward mode and evaluated on the same held-out tasks (one fixed benchmark: the seed
@@ -135,7 +135,7 @@ def write_report(results, args, minutes: float) -> None:
         "| arm | metric | per seed | mean | spread (sd) | gain over warm start | gain counts |",
         "|---|---|---|---|---|---|---|",
     ]
-    verdicts = {}
+    verdicts, gains = {}, {}
     floor = 2 / args.eval_size  # one problem is the benchmark's resolution: a gain must be worth two
     for arm in ["warm_start", *args.modes]:
         for m in TABLE:
@@ -144,16 +144,14 @@ def write_report(results, args, minutes: float) -> None:
             gain = mu - base[m][0]
             better = -gain if m == "c_to_i" else gain  # fewer right-to-wrong revisions is the gain there
             ok = "" if arm == "warm_start" else ("yes" if better > max(sd, floor) else "no")
-            verdicts[(arm, m)] = ok
+            verdicts[(arm, m)], gains[(arm, m)] = ok, gain
             per = ", ".join(f"{v:.3f}" for v in vals)
             g = "" if arm == "warm_start" else f"{gain:+.3f}"
             lines.append(f"| {arm} | {m} | {per} | {mu:.3f} | {sd:.3f} | {g} | {ok} |")
-    def gain(arm: str, m: str) -> str:
-        g = summarise([results[arm][s][m] for s in args.seeds])[0] - base[m][0]
-        return f"{g:+.3f}, {g * args.eval_size:+.1f} of {args.eval_size} problems"
-
-    summary = [f"{arm}: " + ", ".join(f"{m} {'rises' if verdicts[(arm, m)] == 'yes' else 'does not rise'} beyond the "
-                                      f"seed spread ({gain(arm, m)})" for m in HEADLINE) for arm in args.modes]
+    summary = [f"{arm}: " + ", ".join(
+        f"{m} {'rises' if verdicts[(arm, m)] == 'yes' else 'does not rise'} beyond the seed spread "
+        f"({gains[(arm, m)]:+.3f}, {gains[(arm, m)] * args.eval_size:+.1f} of {args.eval_size} problems)"
+        for m in HEADLINE) for arm in args.modes]
     lines += [
         "",
         "**Verdict** (computed): " + "; ".join(summary) + ".",

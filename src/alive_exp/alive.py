@@ -123,11 +123,9 @@ class AliveStep:
         # a share of reviews is blind (no reference), the way the model must critique itself at test time
         rng = random.Random(phase_seed(self.cfg.seed, step, "blind-review"))
         for a in flat:
-            if rng.random() < self.tr.blind_review_share:
-                a.critique_prompt = self.templates.render("reviewer_blind", task=a.task.prompt, solution=a.completion.text)
-            else:
-                a.critique_prompt = self.templates.render(
-                    "reviewer", task=a.task.prompt, reference=a.task.reference, solution=a.completion.text)
+            template = "reviewer_blind" if rng.random() < self.tr.blind_review_share else "reviewer"
+            a.critique_prompt = self.templates.render(
+                template, task=a.task.prompt, reference=a.task.reference, solution=a.completion.text)
         warmup = step < self.tr.warmup_steps
         if warmup:
             critiques = self.oracle.critique([CritiqueRequest(a.task, a.completion.text, a.critique_prompt) for a in flat])

@@ -176,8 +176,11 @@ class MathDomain(Domain):
                         spans.append((offset + m.start(), offset + m.end()))
             offset += len(line)
         if self.hide == "answer":
-            return [sp for sp in spans if doc.text.startswith(self.answer_prefix, doc.text.rfind("\n", 0, sp[0]) + 1)]
+            return [sp for sp in spans if self._on_answer_line(doc.text, sp[0])]
         return spans
+
+    def _on_answer_line(self, text: str, pos: int) -> bool:
+        return text.startswith(self.answer_prefix, text.rfind("\n", 0, pos) + 1)
 
     def locate_span(self, doc: Document, span: str) -> int:
         # with hide=answer a value that also ends the working means the answer line: its last occurrence
@@ -188,7 +191,7 @@ class MathDomain(Domain):
             return "span lies in the question"
         if not any(ch.isdigit() for ch in doc.text[start:end]):
             return "span holds no number to compute"
-        if self.hide == "answer" and not doc.text.startswith(self.answer_prefix, doc.text.rfind("\n", 0, start) + 1):
+        if self.hide == "answer" and not self._on_answer_line(doc.text, start):
             return "only the final answer may be hidden (benchmark.options.hide=answer)"
         return ""
 
@@ -197,7 +200,7 @@ class MathDomain(Domain):
         line_start = text.rfind("\n", 0, start) + 1
         reference = text[start:end].strip()
         question = text.split("\n", 1)[0]
-        if text.startswith(self.answer_prefix, line_start):
+        if self._on_answer_line(text, start):
             prompt = question
             solution = text.split("\n", 1)[1]
         else:
