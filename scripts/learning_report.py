@@ -30,6 +30,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 METRICS = {
     "accuracy": "eval/math_heldout/accuracy",
+    "sampled_accuracy": "eval/math_heldout/sampled_accuracy",
     "pass_at_4": "eval/math_heldout/pass_at_4",
     "acc_t2": "eval/math_heldout/self_correction/acc_t2",
     "sc_delta": "eval/math_heldout/self_correction/delta",
@@ -39,7 +40,7 @@ METRICS = {
     "critique_agreement": "eval/math_heldout/self_correction/critique_agreement",
     "reviewer_agreement": "eval/math_heldout/reviewer/agreement",
 }
-TABLE = ("accuracy", "pass_at_4", "sc_delta", "i_to_c", "c_to_i", "gated_sc_delta", "critique_agreement",
+TABLE = ("accuracy", "sampled_accuracy", "pass_at_4", "sc_delta", "i_to_c", "c_to_i", "gated_sc_delta", "critique_agreement",
          "reviewer_agreement")
 HEADLINE = ("accuracy", "sc_delta")  # what the question asks to move
 
@@ -156,7 +157,9 @@ def write_report(results, args, minutes: float) -> None:
         "",
         "**Verdict** (computed): " + "; ".join(summary) + ".",
         "",
-        "`accuracy` is pass@1 on the held-out problems and `pass_at_4` pass@4 of samples at temperature 1. "
+        "`accuracy` is pass@1 on the held-out problems (greedy), `sampled_accuracy` the mean correctness of 4 samples "
+        "per problem at temperature 1 (pass@1 of the sampling policy that RL trains) and `pass_at_4` pass@4 of "
+        "those samples. "
         "`sc_delta` is SCoRe's self-correction delta: accuracy after the model's own critique (no reference) and a "
         "revision under it, minus accuracy before; `i_to_c` / `c_to_i` its two parts. `gated_sc_delta` is the same "
         "when the first attempt is kept wherever the model's own critique accepts it (ALIVE revises only what its "

@@ -21,7 +21,7 @@ sys.path.insert(0, str(REPO / "tests"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-KEYS = ("accuracy", "pass_at_4", "self_correction/delta", "self_correction/gated_delta", "reviewer/agreement",
+KEYS = ("accuracy", "sampled_accuracy", "pass_at_4", "self_correction/delta", "self_correction/gated_delta", "reviewer/agreement",
         "reviewer/precision", "reviewer/recall")
 
 

@@ -156,16 +156,34 @@ def test_reviewer_agreement_is_class_balanced(small_cfg):
 
 
 @pytest.mark.parametrize("share", [0.0, 0.5, 1.0])
-def test_blind_review_share_hides_the_reference_from_that_share_of_reviews(small_cfg, share):
+def test_blind_review_share_adds_reviews_without_the_reference(small_cfg, share):
     s = build(small_cfg("trainer.warmup_steps=1", f"trainer.blind_review_share={share}"), evaluate=False).step_impl
     attempts = [[_attempt(i % 2 == 0, None) for i in range(20)]]
+    for a in attempts[0]:
+        a.critique = None
     assert s.review(attempts, step=0)  # warm-up: the oracle writes the critiques, whatever the prompt
-    blind = [("Reference:" not in a.critique_prompt) for a in attempts[0]]
-    assert all(a.critique is not None for a in attempts[0])
-    if share in (0.0, 1.0):
-        assert all(b == bool(share) for b in blind)
-    else:
-        assert 0 < sum(blind) < len(blind)
+    flat = attempts[0]
+    # every solution is reviewed with the reference: that verdict is the one the step acts on
+    assert all("Reference: 7" in a.critique_prompt and a.critique.text.startswith("Answer 7 is the reference")
+               for a in flat)
+    blind = [a for a in flat if a.blind_critique is not None]
+    # the oracle writes each critique for the prompt it answers: a blind one neither sees nor cites the reference
+    assert all("Reference:" not in a.blind_prompt and "reference" not in a.blind_critique.text for a in blind)
+    assert len(blind) == {0.0: 0, 1.0: len(flat)}.get(share, len(blind)) and (share != 0.5 or 0 < len(blind) < len(flat))
+    samples = s.samples([], attempts, warmup=True)["reviewer"]
+    assert len(samples) == len(flat) + len(blind)  # warm-up: likelihood on both kinds of critique
+
+
+def test_blind_reviews_earn_agreement_with_their_own_baseline(small_cfg):
+    s = build(small_cfg("trainer.blind_review_share=1.0"), evaluate=False).step_impl
+    flat = [_attempt(i % 2 == 0, True) for i in range(8)]
+    for i, a in enumerate(flat):  # blind verdicts: right on the first half only
+        a.blind_critique, a.blind_completion = Critique("v", a.correct if i < 4 else not a.correct), a.critique_completion
+    samples = s.samples([], [flat], warmup=False)["reviewer"]
+    assert len(samples) == 16
+    blind_adv = [x.advantage for x in samples[8:]]
+    assert all(x > 0 for x in blind_adv[:4]) and all(x < 0 for x in blind_adv[4:])
+    assert s.reviewer_reward(flat[0], blind=True) == 1.0 and s.reviewer_reward(flat[4], blind=True) == 0.0
 
 
 def test_instructive_bonus_does_not_pay_for_rejecting_everything(small_cfg):
@@ -218,6 +236,7 @@ def test_every_mode_runs_and_logs_the_step_metrics(small_cfg, mode):
     assert {"constructor/valid_rate", "reviewer/agreement", "reviewer/precision", "reviewer/recall",
             "refine/success_rate", "constructor/solve_rate_hist/0"} <= keys
     assert {f"eval/math_heldout/self_correction/{k}" for k in ("delta", "gated_delta", "critique_agreement")} <= keys
+    assert 0.0 <= out["eval/math_heldout/sampled_accuracy"] <= out["eval/math_heldout/pass_at_2"]
     client = MlflowClient(cfg.logger.tracking_uri)
     refine_tokens = [m.value for m in client.get_metric_history(out["mlflow_run_id"], "tokens/refine")]
     # the warm-up step's oracle judges the random model's solutions incorrect, so verbal refines them

@@ -4,7 +4,8 @@ One policy plays constructor, solver and reviewer. Per step, over a batch of raw
 
 1. construct  the constructor proposes M spans per document; valid ones become tasks
 2. solve      the solver samples N solutions per task
-3. review     the reviewer critiques each solution against the reference (the oracle during warm-up)
+3. review     the reviewer critiques each solution against the reference (the oracle during warm-up),
+              and a share of them again without it (blind: the self-critique used at test time)
 4. refine     solutions judged incorrect are revised under their critique (when the mode refines)
 5. learn      each role updates its own adapter with its own optimizer
 
@@ -45,6 +46,10 @@ class Attempt:
     critique: Critique | None = None
     critique_completion: Completion | None = None
     critique_prompt: str = ""
+    # a second, blind review (no reference) for a share of attempts: trains the self-critique SCoRe tests
+    blind_critique: Critique | None = None
+    blind_completion: Completion | None = None
+    blind_prompt: str = ""
     revision: Completion | None = None
     revision_correct: bool = False
     reward: float = 0.0
@@ -118,23 +123,38 @@ class AliveStep:
 
     # 3. review -------------------------------------------------------------------------------------
     def review(self, attempts: list[list[Attempt]], step: int) -> bool:
-        """Fill in a critique for every attempt; True when the oracle wrote them (warm-up)."""
+        """Fill in a critique for every attempt (and a blind one for a share); True when the oracle wrote them.
+
+        The critique with the reference is the one the step acts on (verdict reward, refinement). A share of
+        attempts, `trainer.blind_review_share`, is reviewed once more without the reference, the way the model
+        must critique itself at test time; those reviews train the reviewer and nothing else, so the solver's
+        reward never rests on a verdict that could not see the reference.
+        """
         flat = [a for g in attempts for a in g]
-        # a share of reviews is blind (no reference), the way the model must critique itself at test time
         rng = random.Random(phase_seed(self.cfg.seed, step, "blind-review"))
+        blind = [a for a in flat if rng.random() < self.tr.blind_review_share]
         for a in flat:
-            template = "reviewer_blind" if rng.random() < self.tr.blind_review_share else "reviewer"
-            a.critique_prompt = self.templates.render(
-                template, task=a.task.prompt, reference=a.task.reference, solution=a.completion.text)
+            a.critique_prompt = self.templates.render("reviewer", task=a.task.prompt, reference=a.task.reference,
+                                                      solution=a.completion.text)
+        for a in blind:
+            a.blind_prompt = self.templates.render("reviewer_blind", task=a.task.prompt, solution=a.completion.text)
+        requests = [(a, False) for a in flat] + [(a, True) for a in blind]
         warmup = step < self.tr.warmup_steps
         if warmup:
-            critiques = self.oracle.critique([CritiqueRequest(a.task, a.completion.text, a.critique_prompt) for a in flat])
-            for a, c in zip(flat, critiques):
-                a.critique = c
+            critiques = self.oracle.critique([CritiqueRequest(a.task, a.completion.text,
+                                                              a.blind_prompt if b else a.critique_prompt, b)
+                                              for a, b in requests])
+            completions = [None] * len(requests)
         else:
-            groups = self._sample("reviewer", [a.critique_prompt for a in flat], 1, self.gcfg.reviewer_tokens, step, "review")
-            for a, g in zip(flat, groups):
-                a.critique, a.critique_completion = parse_critique(g[0].text), g[0]
+            groups = self._sample("reviewer", [a.blind_prompt if b else a.critique_prompt for a, b in requests], 1,
+                                  self.gcfg.reviewer_tokens, step, "review")
+            completions = [g[0] for g in groups]
+            critiques = [parse_critique(c.text) for c in completions]
+        for (a, b), c, comp in zip(requests, critiques, completions):
+            if b:
+                a.blind_critique, a.blind_completion = c, comp
+            else:
+                a.critique, a.critique_completion = c, comp
         return warmup
 
     # 4. refine -------------------------------------------------------------------------------------
@@ -179,16 +199,23 @@ class AliveStep:
                 out["solver"].append(Sample("solver", self.gen.encode_prompt(t.prompt), enc(t.completion), 0.0, w, t.kind))
         # reviewer: likelihood on oracle critiques in warm-up, else rewarded for agreement and instruction
         flat = [a for g in attempts for a in g]
+        blind = [a for a in flat if a.blind_critique is not None]
         if warmup:
-            out["reviewer"] = [Sample("reviewer", self.gen.encode_prompt(a.critique_prompt), enc(a.critique.text), 0.0, 1.0,
-                                      "oracle") for a in flat if a.critique.verdict is not None]
+            pairs = [(a.critique_prompt, a.critique) for a in flat] + [(a.blind_prompt, a.blind_critique) for a in blind]
+            out["reviewer"] = [Sample("reviewer", self.gen.encode_prompt(p), enc(c.text), 0.0, 1.0, "oracle")
+                               for p, c in pairs if c.verdict is not None]
         else:
-            weight = self.agreement_weights(flat)
-            fix_rate = self.fix_rate(flat)
+            # one baseline per kind of review: blind verdicts are harder, and would otherwise always lose
+            weight, fix_rate = self.agreement_weights(flat), self.fix_rate(flat)
             rewards = [self.reviewer_reward(a, weight[a.correct], fix_rate) for a in flat]
+            bweight = self.agreement_weights(blind)
+            brewards = [self.reviewer_reward(a, bweight[a.correct], blind=True) for a in blind]
             (adv,) = group_advantages([rewards], "batch", self.rcfg.scale_by_std)
+            (badv,) = group_advantages([brewards], "batch", self.rcfg.scale_by_std)
             out["reviewer"] = [Sample("reviewer", a.critique_completion.prompt_ids, a.critique_completion.completion_ids, ad)
                                for a, ad in zip(flat, adv)]
+            out["reviewer"] += [Sample("reviewer", a.blind_completion.prompt_ids, a.blind_completion.completion_ids, ad)
+                                for a, ad in zip(blind, badv)]
         # constructor: validity times learnability of its tasks for the current solver
         if self.tr.constructor == "learned":
             solve_rate = {g[0].task.id: sum(a.correct for a in g) / len(g) for g in attempts}
@@ -221,18 +248,22 @@ class AliveStep:
         revised = [a for a in flat if not a.correct and a.revision is not None]
         return sum(a.revision_correct for a in revised) / len(revised) if revised else 0.0
 
-    def reviewer_reward(self, a: Attempt, weight: float = 1.0, fix_rate: float = 0.0) -> float:
+    def reviewer_reward(self, a: Attempt, weight: float = 1.0, fix_rate: float = 0.0, blind: bool = False) -> float:
         """Agreement with the reference check, plus the instructive bonus, both weighted by class.
 
         Instructive: the critique turned a wrong solution into a right one. Accepting a right solution
         earns the same bonus at the batch's fix rate, so the bonus rewards useful critiques without
         tilting the verdict: otherwise rejecting everything pays (rejecting a right solution that the
-        refiner merely keeps right earns nothing).
+        refiner merely keeps right earns nothing). A blind review (`blind`) earns agreement only: no
+        revision follows it during training.
         """
-        if a.critique.verdict is None:
+        critique = a.blind_critique if blind else a.critique
+        if critique.verdict is None:
             return 0.0
-        agree = a.critique.verdict == a.correct
+        agree = critique.verdict == a.correct
         r = self.rcfg.reviewer_agreement * weight * float(agree)
+        if blind:
+            return r
         if not a.correct and a.revision is not None and a.revision_correct:
             r += self.rcfg.reviewer_instructive * weight
         elif a.correct and agree:

@@ -1,7 +1,8 @@
 """Evaluation that answers the paper's questions: accuracy, pass@k, self-correction, reviewer quality.
 
 For every benchmark suite of every evaluated domain:
-- pass@1: one greedy solution per task; pass@k: k sampled solutions (unbiased estimator);
+- pass@1: one greedy solution per task; pass@k: k sampled solutions (unbiased estimator), and
+  `sampled_accuracy` their mean correctness (pass@1 at the sampling temperature, the quantity RL optimizes);
 - self-correction (SCoRe): attempt 1 (greedy), the model's own critique without the reference,
   attempt 2 revised under that critique; acc_t1, acc_t2, delta, delta_i_to_c, delta_c_to_i and the
   edit-distance ratio between attempts; `gated_*` the same when attempt 1 is kept wherever the model's
@@ -89,6 +90,7 @@ class Evaluator:
                                        seed=s.seed + 17)
             sampled_texts = [c.text for g in groups for c in g]
             sampled_ok = [ok for ok, _ in domain.score_many(sampled_texts, [t for t in tasks for _ in range(k_max)])]
+            m["sampled_accuracy"] = M.mean([float(x) for x in sampled_ok])
             for k in s.pass_k:
                 per_task = [sum(sampled_ok[i * k_max:(i + 1) * k_max]) for i in range(len(tasks))]
                 m[f"pass_at_{k}"] = M.mean([M.pass_at_k(k_max, c, k) for c in per_task])

@@ -198,6 +198,10 @@ class AliveModule(pl.LightningModule):
         m["reviewer/reward_mean"] = M.mean([self.step_impl.reviewer_reward(a) for a in flat]) if not warmup else 0.0
         q = M.reviewer_quality([a.critique.verdict for a in flat], [a.correct for a in flat])
         m.update({f"reviewer/{k}": v for k, v in q.items()})
+        blind = [a for a in flat if a.blind_critique is not None]
+        if blind:
+            q = M.reviewer_quality([a.blind_critique.verdict for a in blind], [a.correct for a in blind])
+            m.update({f"reviewer/blind_{k}": v for k, v in q.items()})
         learned = [p for p in proposals if p.completion is not None]
         m["constructor/valid_rate"] = M.mean([float(p.check.valid) for p in learned]) if learned else 0.0
         m["constructor/reward_mean"] = M.mean([p.reward for p in learned]) if learned else 0.0
@@ -235,6 +239,12 @@ class AliveModule(pl.LightningModule):
                                          completion=c.text, reward=self.step_impl.reviewer_reward(a),
                                          outcome={True: "correct", False: "incorrect", None: "no verdict"}[c.verdict],
                                          reason=c.error or ""))
+            if a.blind_critique is not None:
+                c = a.blind_critique
+                self.transcripts.append(dict(step=step, phase="review_blind", role="reviewer", prompt=a.blind_prompt,
+                                             completion=c.text, reward=self.step_impl.reviewer_reward(a, blind=True),
+                                             outcome={True: "correct", False: "incorrect", None: "no verdict"}[c.verdict],
+                                             reason=c.error or ""))
             if a.revision is not None:
                 self.transcripts.append(dict(step=step, phase="refine", role="solver", prompt=a.revision.prompt,
                                              completion=a.revision.text, reward=float(a.revision_correct),

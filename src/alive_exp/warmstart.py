@@ -34,6 +34,7 @@ from alive_exp.rollout import Generator
 log = logging.getLogger(__name__)
 
 KINDS = ("constructor", "solver", "reviewer", "reviewer_blind", "refiner")
+TRANSCRIPTS_VERSION = 2  # bump when the oracle's transcripts change: cached warm starts are then rebuilt
 
 
 def warmstart_options(cfg: DictConfig) -> dict:
@@ -52,6 +53,7 @@ def warmstart_dir(cfg: DictConfig) -> Path:
         "options": warmstart_options(cfg),
         "roles": OmegaConf.to_container(cfg.roles, resolve=True),
         "eval_domains": sorted(cfg.benchmark.eval_domains),
+        "transcripts": TRANSCRIPTS_VERSION,
     }
     for budget_only in ("enabled", "max_minutes"):  # a time budget does not change a run that finishes in it
         spec["warmstart"].pop(budget_only, None)
@@ -84,7 +86,9 @@ class Transcripts:
         wrong = self.domain.corrupt(task, good, self.rng)
         # refiner examples are mostly wrong solutions, but some correct ones teach it to keep what is right
         solution = wrong if wrong and self.rng.random() < (0.7 if kind == "refiner" else 0.5) else good
-        critique = self.domain.critique(task, solution).text
+        # the refiner learns from both critiques it meets: with the reference (training) and blind (self-critique)
+        blind = kind == "reviewer_blind" or (kind == "refiner" and self.rng.random() < 0.5)
+        critique = self.domain.critique(task, solution, blind=blind).text
         if kind == "reviewer":
             return self.t.render("reviewer", task=task.prompt, reference=task.reference, solution=solution), critique
         if kind == "reviewer_blind":

@@ -161,8 +161,12 @@ class Domain(ABC):
 
     # -- oracle -----------------------------------------------------------------------------
     @abstractmethod
-    def critique(self, task: Task, completion: str) -> Critique:
-        """Rule-based oracle critic: says in words what is wrong (or right) and ends in a verdict."""
+    def critique(self, task: Task, completion: str, *, blind: bool = False) -> Critique:
+        """Rule-based oracle critic: says in words what is wrong (or right) and ends in a verdict.
+
+        `blind`: the critique is for a reviewer that does not see the reference (self-critique); domains
+        whose critique reads differently with the reference in view use it.
+        """
 
     def corrupt(self, task: Task, solution: str, rng: random.Random) -> str | None:
         """A deliberately wrong variant of a correct solution (for reviewer and refiner warm-up), or None.

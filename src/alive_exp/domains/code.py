@@ -432,7 +432,7 @@ class CodeDomain(Domain):
         return task.meta.get("solution") or as_answer(task.reference, self.answer_prefix)
 
     # -- oracle ---------------------------------------------------------------------------------
-    def critique(self, task: Task, completion: str) -> Critique:
+    def critique(self, task: Task, completion: str, *, blind: bool = False) -> Critique:
         """Runs the answer like `verify` does and says what went wrong: parse, test, error or time."""
         answer = self.extract_answer(completion)
         if answer is None:

@@ -203,7 +203,7 @@ class LogicDomain(Domain):
         return task.meta.get("solution") or f"{self.answer_prefix} {task.reference}"
 
     # -- oracle ---------------------------------------------------------------------------------
-    def critique(self, task: Task, completion: str) -> Critique:
+    def critique(self, task: Task, completion: str, *, blind: bool = False) -> Critique:
         """Names the first wrong claim (knights), the misplaced person (zebra) or why a conclusion fails."""
         answer = self.extract_answer(completion)
         if answer is None:

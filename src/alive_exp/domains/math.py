@@ -257,25 +257,41 @@ class MathDomain(Domain):
         return wrong if wrong != solution else None
 
     # -- oracle ---------------------------------------------------------------------------------
-    def critique(self, task: Task, completion: str) -> Critique:
-        """Checks every `a op b = c` line, then the final answer, and names the first mistake."""
-        for n, m in enumerate(_STEP.finditer(completion), start=1):
-            a, op, b, c = m.groups()
-            true = _APPLY[op](float(a), float(b)) if op in _APPLY else (float(a) / float(b) if float(b) else None)
-            if true is not None and abs(true - float(c)) > 1e-6:
-                text = f"Step {n} is wrong: {a} {op} {b} is {_fmt(true)}, not {c}."
-                return Critique(f"{text}\n{verdict_line(False)}", False)
+    def critique(self, task: Task, completion: str, *, blind: bool = False) -> Critique:
+        """Names the first wrong `a op b = c` line; with the reference in view, leads with the final answer.
+
+        A reviewer that sees the reference (training) is taught to check the final answer against it first,
+        so its verdict is the reference check; a blind one (self-critique) must find the wrong step.
+        """
+        slip = self._first_slip(completion)
         answer = self.extract_answer(completion)
         if answer is None:
             text = f"The solution never states a final answer on an '{self.answer_prefix}' line."
             return Critique(f"{text}\n{verdict_line(False)}", False)
-        if self.verify(answer, task.reference):
+        ok = self.verify(answer, task.reference)
+        if not blind:
+            # short: the tiny model's reviewer writes at most trainer.generation.reviewer_tokens
+            lead = f"Answer {answer} is the reference." if ok else f"Answer {answer} is not the reference {task.reference}."
+            text = f"{lead} {slip}" if slip else lead
+            return Critique(f"{text}\n{verdict_line(ok)}", ok)
+        if slip:
+            return Critique(f"{slip}\n{verdict_line(False)}", False)
+        if ok:
             return Critique(f"Each step checks out and the final answer {answer} is right.\n{verdict_line(True)}", True)
         text = (
             f"The arithmetic shown is consistent, but the final answer {answer} does not follow from the task: "
             "a step is missing or an operation was applied in the wrong order (multiplication before addition)."
         )
         return Critique(f"{text}\n{verdict_line(False)}", False)
+
+    @staticmethod
+    def _first_slip(completion: str) -> str | None:
+        for n, m in enumerate(_STEP.finditer(completion), start=1):
+            a, op, b, c = m.groups()
+            true = _APPLY[op](float(a), float(b)) if op in _APPLY else (float(a) / float(b) if float(b) else None)
+            if true is not None and abs(true - float(c)) > 1e-6:
+                return f"Step {n} is wrong: {a} {op} {b} is {_fmt(true)}, not {c}."
+        return None
 
     # -- evaluation -----------------------------------------------------------------------------
     def benchmarks(self) -> dict[str, Callable[[int, int], list[Task]]]:

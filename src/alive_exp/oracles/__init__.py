@@ -15,11 +15,12 @@ from alive_exp.domains import Critique, Task, get
 
 @dataclass(frozen=True)
 class CritiqueRequest:
-    """One solution to critique; `prompt` is the rendered reviewer prompt (task, reference, solution)."""
+    """One solution to critique; `prompt` is the rendered reviewer prompt (task, reference unless blind, solution)."""
 
     task: Task
     solution: str
     prompt: str
+    blind: bool = False
 
 
 class Oracle(Protocol):
@@ -34,4 +35,4 @@ class RuleOracle:
     name = "rule"
 
     def critique(self, requests: list[CritiqueRequest]) -> list[Critique]:
-        return [get(r.task.domain).critique(r.task, r.solution) for r in requests]
+        return [get(r.task.domain).critique(r.task, r.solution, blind=r.blind) for r in requests]
