@@ -164,7 +164,7 @@ def test_blind_review_share_adds_reviews_without_the_reference(small_cfg, share)
     assert s.review(attempts, step=0)  # warm-up: the oracle writes the critiques, whatever the prompt
     flat = attempts[0]
     # every solution is reviewed with the reference: that verdict is the one the step acts on
-    assert all("Reference: 7" in a.critique_prompt and a.critique.text.startswith("Answer 7 is the reference")
+    assert all("Reference: 7" in a.critique_prompt and a.critique.text.startswith("Answer 7, reference 7: right.")
                for a in flat)
     blind = [a for a in flat if a.blind_critique is not None]
     # the oracle writes each critique for the prompt it answers: a blind one neither sees nor cites the reference

@@ -66,7 +66,7 @@ def test_rule_critic_names_the_wrong_step(blind):
     c = math.critique(task, "3 * 6 = 17\n5 - 17 = -12\nAnswer: -12", blind=blind)
     assert c.verdict is False and "Step 1" in c.text and "18" in c.text
     # with the reference in view the critique leads with it; a blind one cannot mention it
-    assert ("not the reference -13" in c.text) is not blind
+    assert ("Answer -12, reference -13: wrong." in c.text) is not blind
     assert c.text.splitlines()[-1] == "Verdict: incorrect"
     assert math.critique(task, "3 * 6 = 18\n5 - 18 = -13\nAnswer: -13", blind=blind).verdict is True
     assert "never states a final answer" in math.critique(task, "3 * 6 = 18", blind=blind).text
@@ -75,7 +75,7 @@ def test_rule_critic_names_the_wrong_step(blind):
 def test_rule_critic_with_the_reference_judges_the_final_answer():
     task = domains.Task("t", "math", "Question: Calculate 5 - 3 * 6.", "-13")
     consistent_but_wrong = "5 - 3 = 2\n2 * 6 = 12\nAnswer: 12"
-    assert math.critique(task, consistent_but_wrong).text.startswith("Answer 12 is not the reference -13.")
+    assert math.critique(task, consistent_but_wrong).text.startswith("Answer 12, reference -13: wrong.")
     assert "does not follow from the task" in math.critique(task, consistent_but_wrong, blind=True).text
     # the verdict is the reference check the reviewer is rewarded against, even past a slip on the way
     lucky = "3 * 6 = 17\n5 - 18 = -13\nAnswer: -13"

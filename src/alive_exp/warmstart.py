@@ -28,13 +28,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from alive_exp import domains, models
-from alive_exp.roles import RoleTemplates
+from alive_exp.roles import RoleTemplates, parse_critique
 from alive_exp.rollout import Generator
 
 log = logging.getLogger(__name__)
 
 KINDS = ("constructor", "solver", "reviewer", "reviewer_blind", "refiner")
-TRANSCRIPTS_VERSION = 2  # bump when the oracle's transcripts change: cached warm starts are then rebuilt
+TRANSCRIPTS_VERSION = 3  # bump when the oracle's transcripts change: cached warm starts are then rebuilt
 
 
 def warmstart_options(cfg: DictConfig) -> dict:
@@ -130,12 +130,21 @@ def likelihood_step(model, gen: Generator, pairs: list[tuple[str, str]], pad: in
     return loss_sum
 
 
-def heldout_accuracy(gen: Generator, domain, templates: RoleTemplates, size: int, seed: int, max_new_tokens: int) -> float:
+def heldout_scores(gen: Generator, domain, templates: RoleTemplates, size: int, seed: int, solver_tokens: int,
+                   reviewer_tokens: int) -> dict[str, float]:
+    """Greedy solver accuracy on held-out tasks, and how often the reviewer (with the reference) judges
+    those solutions right, as balanced accuracy over right and wrong ones."""
     tasks = domain.heldout_tasks(size, seed)
-    outs = gen.generate([templates.render("solver", task=t.prompt) for t in tasks], n=1, max_new_tokens=max_new_tokens,
-                        temperature=0.0)
-    scores = domain.score_many([g[0].text for g in outs], tasks)
-    return sum(ok for ok, _ in scores) / max(len(tasks), 1)
+    outs = [g[0].text for g in gen.generate([templates.render("solver", task=t.prompt) for t in tasks], n=1,
+                                            max_new_tokens=solver_tokens, temperature=0.0)]
+    correct = [ok for ok, _ in domain.score_many(outs, tasks)]
+    prompts = [templates.render("reviewer", task=t.prompt, reference=t.reference, solution=o) for t, o in zip(tasks, outs)]
+    verdicts = [parse_critique(g[0].text).verdict
+                for g in gen.generate(prompts, n=1, max_new_tokens=reviewer_tokens, temperature=0.0)]
+    per_class = [[v == c for v, c in zip(verdicts, correct) if c is cls] for cls in (True, False)]
+    balanced = [sum(x) / len(x) for x in per_class if x]
+    return {"heldout_accuracy": sum(correct) / max(len(tasks), 1),
+            "heldout_reviewer_balanced_agreement": sum(balanced) / len(balanced) if balanced else 0.0}
 
 
 def build_warmstart(cfg: DictConfig, progress: bool = True) -> Path:
@@ -179,15 +188,17 @@ def build_warmstart(cfg: DictConfig, progress: bool = True) -> Path:
     bar.close()
     train_s = time.perf_counter() - start
     model.eval()
-    acc = heldout_accuracy(gen, domain, templates, w.eval_size, cfg.seed, cfg.trainer.generation.solver_tokens)
+    g = cfg.trainer.generation
+    scores = heldout_scores(gen, domain, templates, w.eval_size, cfg.seed, g.solver_tokens, g.reviewer_tokens)
+    acc = scores["heldout_accuracy"]
     tmp = out.with_name(out.name + ".tmp")
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
-    metrics = {"heldout_accuracy": acc, "steps": len(losses), "final_loss": losses[-1], "train_seconds": train_s}
+    metrics = {**scores, "steps": len(losses), "final_loss": losses[-1], "train_seconds": train_s}
     (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
     tmp.rename(out)
-    log.info("warm start cached at %s: held-out accuracy %.1f%% after %d steps (%.0f s)", out, 100 * acc,
-             len(losses), train_s)
+    log.info("warm start cached at %s: held-out accuracy %.1f%%, reviewer balanced agreement %.1f%%, after %d steps "
+             "(%.0f s)", out, 100 * acc, 100 * scores["heldout_reviewer_balanced_agreement"], len(losses), train_s)
     return out
 
 

@@ -270,8 +270,9 @@ class MathDomain(Domain):
             return Critique(f"{text}\n{verdict_line(False)}", False)
         ok = self.verify(answer, task.reference)
         if not blind:
-            # short: the tiny model's reviewer writes at most trainer.generation.reviewer_tokens
-            lead = f"Answer {answer} is the reference." if ok else f"Answer {answer} is not the reference {task.reference}."
+            # the two values side by side, then the judgement: a comparison a small model can learn by copying,
+            # where "answer X is (not) the reference" asks it to compare with a line far up the prompt
+            lead = f"Answer {answer}, reference {task.reference}: {'right' if ok else 'wrong'}."
             text = f"{lead} {slip}" if slip else lead
             return Critique(f"{text}\n{verdict_line(ok)}", ok)
         if slip:
