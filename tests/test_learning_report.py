@@ -41,3 +41,18 @@ def test_learning_report_reads_its_numbers_back_from_mlflow(tmp_path):
             assert run.data.params["trainer.max_steps"] == str(steps)
             assert row["accuracy"] == run.data.metrics["eval/math_heldout/accuracy"]
             assert row["gated_sc_delta"] == run.data.metrics["eval/math_heldout/self_correction/gated_delta"]
+
+
+@pytest.mark.slow
+def test_grpo_reference_trains_from_the_warm_start_and_evaluates(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "scripts/grpo_reference.py", "--steps", "2", "--eval-every", "1", "--tasks", "2", "--n", "2",
+         "--name", "smoke", "--work", str(tmp_path / "work"), "--data", str(tmp_path / "data"),
+         "warmstart.steps=3", "warmstart.eval_size=4", "benchmark.eval_size=4", "trainer.generation.solver_tokens=8"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads((tmp_path / "work" / "smoke.json").read_text())
+    assert [r["step"] for r in out["evals"]] == [0, 1, 2]
+    assert all(0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["sampled_accuracy"] <= 1.0 for r in out["evals"])
+    assert (tmp_path / "data" / "warmstart").is_dir() and out["warm_start"].startswith(str(tmp_path / "data"))
