@@ -256,3 +256,17 @@ def test_modes_see_the_same_documents_tasks_and_solver_budget(small_cfg):
         budgets[mode] = ([len(g) for g in attempts], m.step_impl.gcfg.solver_tokens, m.step_impl.tokens["solver"])
     assert tasks["scalar"] == tasks["verbal"] and tasks["scalar"]
     assert budgets["scalar"] == budgets["verbal"]
+
+
+def test_verbal_refines_under_blind_critiques_too_and_reinforces_what_stays_right(small_cfg):
+    s = build(small_cfg("reward=verbal", "trainer.blind_review_share=1.0"), evaluate=False).step_impl
+    right, wrong = _attempt(True, True), _attempt(False, True)
+    for a, blind_verdict in ((right, False), (wrong, False)):  # the blind reviewer rejects both
+        a.blind_critique, a.blind_completion = Critique("Step 1 is wrong.\nVerdict: incorrect", blind_verdict), a.critique_completion
+    s.refine([[right, wrong]], step=0)
+    # the reference critiques accepted both, so only the blind rejections were revised
+    assert right.revision is None and wrong.revision is None
+    assert right.blind_revision is not None and wrong.blind_revision is not None
+    right.blind_revision_correct, wrong.blind_revision_correct = True, False
+    refine = [x for x in s.samples([], [[right, wrong]], warmup=False)["solver"] if x.kind == "refine"]
+    assert [x.advantage > 0 for x in refine] == [True, False]

@@ -52,6 +52,8 @@ class Attempt:
     blind_prompt: str = ""
     revision: Completion | None = None
     revision_correct: bool = False
+    blind_revision: Completion | None = None  # revised under the blind critique, as at test time
+    blind_revision_correct: bool = False
     reward: float = 0.0
 
 
@@ -161,15 +163,21 @@ class AliveStep:
     def refine(self, attempts: list[list[Attempt]], step: int) -> None:
         if not self.rcfg.refine:
             return
-        todo = [a for g in attempts for a in g if a.critique is not None and a.critique.verdict is False]
+        # rejected under the reference critique, and (self-correction, as tested) under the blind one
+        flat = [a for g in attempts for a in g]
+        todo = [(a, a.critique, False) for a in flat if a.critique is not None and a.critique.verdict is False]
+        todo += [(a, a.blind_critique, True) for a in flat if a.blind_critique is not None and a.blind_critique.verdict is False]
         if not todo:
             return
         prompts = [self.templates.render("refiner", task=a.task.prompt, solution=a.completion.text,
-                                         critique=critique_body(a.critique.text)) for a in todo]
+                                         critique=critique_body(c.text)) for a, c, _ in todo]
         groups = self._sample("solver", prompts, 1, self.gcfg.solver_tokens, step, "refine", count_as="refine")
-        scores = self.domain.score_many([g[0].text for g in groups], [a.task for a in todo])
-        for a, g, (ok, _) in zip(todo, groups, scores):
-            a.revision, a.revision_correct = g[0], ok
+        scores = self.domain.score_many([g[0].text for g in groups], [a.task for a, _, _ in todo])
+        for (a, _, blind), g, (ok, _) in zip(todo, groups, scores):
+            if blind:
+                a.blind_revision, a.blind_revision_correct = g[0], ok
+            else:
+                a.revision, a.revision_correct = g[0], ok
 
     # 5. rewards -> samples for learn ---------------------------------------------------------------
     def samples(self, proposals: list[Proposal], attempts: list[list[Attempt]], warmup: bool) -> dict[str, list[Sample]]:
@@ -188,11 +196,16 @@ class AliveStep:
                 if self.mode.policy_gradient:
                     out["solver"].append(Sample("solver", a.completion.prompt_ids, a.completion.completion_ids, ad))
             revised = [a for a in g if a.revision is not None]
-            if revised and self.mode.train_refiner:
-                # critique-guided refinement is itself a policy: revisions the reference confirms are reinforced
-                (radv,) = group_advantages([[float(a.revision_correct) for a in revised]], "batch", False)
-                out["solver"] += [Sample("solver", a.revision.prompt_ids, a.revision.completion_ids, ad, kind="refine")
-                                  for a, ad in zip(revised, radv)]
+            if self.mode.train_refiner:
+                # critique-guided refinement is itself a policy: revisions the reference confirms are reinforced,
+                # with one baseline for revisions under the reference critique and one under the blind critique
+                # (where a wrong rejection must be answered by keeping a right solution right)
+                for kind in ([(a.revision, a.revision_correct) for a in revised],
+                             [(a.blind_revision, a.blind_revision_correct) for a in g if a.blind_revision is not None]):
+                    if kind:
+                        (radv,) = group_advantages([[float(ok) for _, ok in kind]], "batch", False)
+                        out["solver"] += [Sample("solver", r.prompt_ids, r.completion_ids, ad, kind="refine")
+                                          for (r, _), ad in zip(kind, radv)]
             confirmed = [a.revision.text for a in revised if a.revision_correct]
             for t in self.mode.targets(g[0].task, [a.completion.text for a in g], [a.critique for a in g], confirmed):
                 w = self.rcfg.distill_coef if t.kind == "distill" else self.rcfg.fcp_coef

@@ -210,6 +210,9 @@ class AliveModule(pl.LightningModule):
         refined = [a for a in flat if a.revision is not None]
         m["refine/count"] = float(len(refined))
         m["refine/success_rate"] = M.mean([float(a.revision_correct) for a in refined]) if refined else 0.0
+        blind = [a for a in flat if a.blind_revision is not None]
+        m["refine/blind_count"] = float(len(blind))
+        m["refine/blind_success_rate"] = M.mean([float(a.blind_revision_correct) for a in blind]) if blind else 0.0
         m["invalid/constructor"] = float(sum(not p.check.valid for p in learned))
         m["invalid/solver"] = float(sum(a.answer is None for a in flat))
         m["invalid/reviewer"] = float(sum(a.critique.verdict is None for a in flat))
