@@ -1,6 +1,6 @@
 """Does the embedded default learn? Warm start vs trained, scalar and verbal, over several seeds.
 
-    python scripts/learning_report.py            # ~12 min on 2 cores (+6 for an uncached warm start); writes docs/learning_report.md (+ .png, .json)
+    python scripts/learning_report.py            # ~15 min on 2 cores (+6 for an uncached warm start); writes docs/learning_report.md (+ .png, .json)
 
 For each seed: the warm-started model is evaluated as it is (the baseline: 0 ALIVE steps), then trained
 from it with each reward mode and evaluated on the same held-out tasks (one fixed benchmark: the seed
