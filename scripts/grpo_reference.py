@@ -4,8 +4,8 @@
 
 Why it exists: on the embedded default, RL from the warm start does not raise held-out accuracy
 (docs/learning_investigation.md). This script asks whether that is the trainer or the problem. It shares
-only generation (`rollout.Generator`), the domain's scorer and the warm start with alive-exp; the update
-is written out here in a dozen lines: full fine-tuning, the eval's own task format (whole problems), no
+only generation (`rollout.Generator`), the domain's scorer, the warm start and the padding and log-prob
+helpers with alive-exp; the update is written out here in a few lines: full fine-tuning, the eval's own task format (whole problems), no
 constructor, no reviewer, group-normalised advantages, one AdamW step per batch. It prints greedy and
 sampled held-out accuracy on the learning report's benchmark every `--eval-every` steps and writes
 outputs/grpo_reference/<name>.json.
@@ -45,7 +45,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from alive_exp import domains
-    from alive_exp.losses import token_logprobs
+    from alive_exp.losses import Sample, _batch, token_logprobs
     from alive_exp.roles import RoleTemplates
     from alive_exp.rollout import Generator
     from alive_exp.warmstart import build_warmstart, warmstart_options
@@ -86,18 +86,14 @@ def main() -> None:
         for task, group in zip(tasks, groups):
             r = torch.tensor([float(domain.score(c.text, task)[0]) for c in group])
             adv = (r - r.mean()) / (r.std() + 1e-4)
-            batch += [(c, float(a)) for c, a in zip(group, adv) if a != 0]
+            batch += [Sample("solver", c.prompt_ids, c.completion_ids, float(a)) for c, a in zip(group, adv) if a != 0]
         model.train()
         opt.zero_grad(set_to_none=True)
-        total = sum(len(c.completion_ids) for c, _ in batch)
+        total = sum(len(s.completion_ids) for s in batch)
         for i in range(0, len(batch), 32):
             chunk = batch[i:i + 32]
-            seqs = [c.prompt_ids + c.completion_ids for c, _ in chunk]
-            ids = torch.full((len(seqs), max(map(len, seqs))), tok.pad_token_id)
-            attn, mask = torch.zeros_like(ids), torch.zeros(ids.shape)
-            for j, ((c, _), s) in enumerate(zip(chunk, seqs)):
-                ids[j, : len(s)], attn[j, : len(s)], mask[j, len(c.prompt_ids): len(s)] = torch.tensor(s), 1, 1.0
-            adv = torch.tensor([a for _, a in chunk]).unsqueeze(1)
+            ids, attn, mask = _batch(chunk, tok.pad_token_id, torch.device("cpu"))
+            adv = torch.tensor([s.advantage for s in chunk]).unsqueeze(1)
             (-(adv * token_logprobs(model, ids, attn) * mask).sum() / total).backward()
         if batch:
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -141,15 +141,14 @@ class AliveStep:
         for a in blind:
             a.blind_prompt = self.templates.render("reviewer_blind", task=a.task.prompt, solution=a.completion.text)
         requests = [(a, False) for a in flat] + [(a, True) for a in blind]
+        prompts = [a.blind_prompt if b else a.critique_prompt for a, b in requests]
         warmup = step < self.tr.warmup_steps
         if warmup:
-            critiques = self.oracle.critique([CritiqueRequest(a.task, a.completion.text,
-                                                              a.blind_prompt if b else a.critique_prompt, b)
-                                              for a, b in requests])
+            critiques = self.oracle.critique([CritiqueRequest(a.task, a.completion.text, p, b)
+                                              for (a, b), p in zip(requests, prompts)])
             completions = [None] * len(requests)
         else:
-            groups = self._sample("reviewer", [a.blind_prompt if b else a.critique_prompt for a, b in requests], 1,
-                                  self.gcfg.reviewer_tokens, step, "review")
+            groups = self._sample("reviewer", prompts, 1, self.gcfg.reviewer_tokens, step, "review")
             completions = [g[0] for g in groups]
             critiques = [parse_critique(c.text) for c in completions]
         for (a, b), c, comp in zip(requests, critiques, completions):

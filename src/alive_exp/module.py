@@ -198,9 +198,9 @@ class AliveModule(pl.LightningModule):
         m["reviewer/reward_mean"] = M.mean([self.step_impl.reviewer_reward(a) for a in flat]) if not warmup else 0.0
         q = M.reviewer_quality([a.critique.verdict for a in flat], [a.correct for a in flat])
         m.update({f"reviewer/{k}": v for k, v in q.items()})
-        blind = [a for a in flat if a.blind_critique is not None]
-        if blind:
-            q = M.reviewer_quality([a.blind_critique.verdict for a in blind], [a.correct for a in blind])
+        blind_reviewed = [a for a in flat if a.blind_critique is not None]
+        if blind_reviewed:
+            q = M.reviewer_quality([a.blind_critique.verdict for a in blind_reviewed], [a.correct for a in blind_reviewed])
             m.update({f"reviewer/blind_{k}": v for k, v in q.items()})
         learned = [p for p in proposals if p.completion is not None]
         m["constructor/valid_rate"] = M.mean([float(p.check.valid) for p in learned]) if learned else 0.0
@@ -210,9 +210,10 @@ class AliveModule(pl.LightningModule):
         refined = [a for a in flat if a.revision is not None]
         m["refine/count"] = float(len(refined))
         m["refine/success_rate"] = M.mean([float(a.revision_correct) for a in refined]) if refined else 0.0
-        blind = [a for a in flat if a.blind_revision is not None]
-        m["refine/blind_count"] = float(len(blind))
-        m["refine/blind_success_rate"] = M.mean([float(a.blind_revision_correct) for a in blind]) if blind else 0.0
+        blind_refined = [a for a in flat if a.blind_revision is not None]
+        m["refine/blind_count"] = float(len(blind_refined))
+        m["refine/blind_success_rate"] = (M.mean([float(a.blind_revision_correct) for a in blind_refined])
+                                          if blind_refined else 0.0)
         m["invalid/constructor"] = float(sum(not p.check.valid for p in learned))
         m["invalid/solver"] = float(sum(a.answer is None for a in flat))
         m["invalid/reviewer"] = float(sum(a.critique.verdict is None for a in flat))
@@ -237,15 +238,12 @@ class AliveModule(pl.LightningModule):
             self.transcripts.append(dict(step=step, phase="solve", role="solver", prompt=a.prompt, completion=a.completion.text,
                                          reward=a.reward, outcome="correct" if a.correct else "incorrect",
                                          reason="" if a.answer is not None else "no parseable answer"))
-            c = a.critique
-            self.transcripts.append(dict(step=step, phase="review", role="reviewer", prompt=a.critique_prompt,
-                                         completion=c.text, reward=self.step_impl.reviewer_reward(a),
-                                         outcome={True: "correct", False: "incorrect", None: "no verdict"}[c.verdict],
-                                         reason=c.error or ""))
+            reviews = [("review", a.critique_prompt, a.critique, False)]
             if a.blind_critique is not None:
-                c = a.blind_critique
-                self.transcripts.append(dict(step=step, phase="review_blind", role="reviewer", prompt=a.blind_prompt,
-                                             completion=c.text, reward=self.step_impl.reviewer_reward(a, blind=True),
+                reviews.append(("review_blind", a.blind_prompt, a.blind_critique, True))
+            for phase, prompt, c, blind in reviews:
+                self.transcripts.append(dict(step=step, phase=phase, role="reviewer", prompt=prompt, completion=c.text,
+                                             reward=self.step_impl.reviewer_reward(a, blind=blind),
                                              outcome={True: "correct", False: "incorrect", None: "no verdict"}[c.verdict],
                                              reason=c.error or ""))
             if a.revision is not None:
