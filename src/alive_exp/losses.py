@@ -117,7 +117,9 @@ def role_loss(model, samples: list[Sample], *, pad_id: int, clip_eps: float, kl_
     kl = torch.zeros((), device=device)
     if kl_coef > 0 and reference_logps is not None:
         delta = reference_logps - logp
-        kl_tok = torch.exp(delta) - delta - 1  # k3 estimator, non-negative
+        # k3 estimator, non-negative: its value estimates KL(pi || pi_ref) under samples from pi; its gradient
+        # (samples held fixed) estimates grad KL(pi_ref || pi) (tests/test_losses.py checks both exactly)
+        kl_tok = torch.exp(delta) - delta - 1
         per_token = per_token + kl_coef * kl_tok
         kl = (kl_tok * mask).sum() / mask.sum().clamp(min=1)
     loss = (per_token * mask).sum() / max(total_tokens, 1)

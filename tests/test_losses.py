@@ -1,0 +1,213 @@
+"""The loss every role trains with, checked against exact values on models small enough to enumerate.
+
+- padding: right-padding a sequence into a batch leaves its log-probs unchanged;
+- normalisation: micro-batches, each divided by the role's total tokens, give the gradient of one big batch;
+- KL: the k3 term's value is an unbiased estimate of KL(pi || pi_ref) under samples from pi, and its
+  gradient (samples held fixed, no score-function term) is an unbiased estimate of grad KL(pi_ref || pi):
+  checked exactly by weighting every token of a small vocabulary by pi;
+- advantages: GRPO, RLOO and the pooled batch baseline against hand-computed values;
+- the merged generation copy gives the PEFT model's logits for each role's adapter.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from alive_exp.losses import Sample, _batch, group_advantages, role_loss, token_logprobs
+
+VOCAB, PAD = 7, 0
+
+
+class Bigram(torch.nn.Module):
+    """logits(next | previous) from a learnable table: exact distributions, no attention to get wrong."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.table = torch.nn.Parameter(torch.randn(VOCAB, VOCAB, generator=g))
+
+    def forward(self, input_ids, attention_mask=None):
+        return type("Out", (), {"logits": self.table[input_ids]})()
+
+
+@pytest.fixture(scope="module")
+def lm():
+    """A real causal LM (Qwen2 architecture, random weights) for padding and normalisation."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=64, pad_token_id=PAD)
+    return Qwen2ForCausalLM(cfg).eval()
+
+
+def _samples(n: int, seed: int = 0) -> list[Sample]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        plen, clen = 2 + i % 3, 1 + (i * 5) % 6
+        ids = torch.randint(1, 32, (plen + clen,), generator=g).tolist()
+        out.append(Sample("solver", ids[:plen], ids[plen:], advantage=float(i % 3) - 1.0, nll_weight=0.5 * (i % 2)))
+    return out
+
+
+def test_padding_leaves_logprobs_unchanged(lm):
+    samples = _samples(5)
+    ids, attn, mask = _batch(samples, PAD, torch.device("cpu"))
+    batched = token_logprobs(lm, ids, attn)
+    for i, s in enumerate(samples):
+        x = s.prompt_ids + s.completion_ids
+        alone = token_logprobs(lm, torch.tensor([x]), torch.ones(1, len(x), dtype=torch.long))[0]
+        sel = mask[i].bool()
+        assert int(sel.sum()) == len(s.completion_ids)  # the mask covers exactly the completion
+        torch.testing.assert_close(batched[i][sel], alone[len(s.prompt_ids):], atol=1e-5, rtol=1e-5)
+
+
+def _grad(model, chunks: list[list[Sample]], total: int, **kw) -> tuple[torch.Tensor, float]:
+    model.zero_grad(set_to_none=True)
+    value = 0.0
+    for chunk in chunks:
+        loss, _ = role_loss(model, chunk, pad_id=PAD, clip_eps=0.2, kl_coef=0.0, total_tokens=total, **kw)
+        loss.backward()
+        value += float(loss.detach())
+    grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    return grads, value
+
+
+def test_micro_batches_give_the_gradient_of_one_batch(lm):
+    model = copy.deepcopy(lm).train()
+    samples = _samples(7)
+    total = sum(len(s.completion_ids) for s in samples)
+    one, v_one = _grad(model, [samples], total)
+    many, v_many = _grad(model, [samples[:2], samples[2:3], samples[3:]], total)
+    assert one.abs().sum() > 0
+    torch.testing.assert_close(many, one, atol=1e-6, rtol=1e-4)
+    assert v_many == pytest.approx(v_one, rel=1e-5)
+
+
+def test_loss_is_token_level_policy_gradient_plus_weighted_nll():
+    """At ratio 1 the loss is sum(-A log p - w log p) / total tokens in value's gradient: checked term by term."""
+    model = Bigram()
+    s = [Sample("solver", [1, 2], [3, 4, 5], advantage=0.7), Sample("solver", [2], [6], advantage=-0.3, nll_weight=2.0)]
+    total = 10  # the role's tokens in the whole step, more than in this micro-batch
+    loss, info = role_loss(model, s, pad_id=PAD, clip_eps=0.2, kl_coef=0.0, total_tokens=total)
+    loss.backward()
+    got = model.table.grad.clone()
+    model.zero_grad()
+    logp = torch.log_softmax(model.table, -1)
+    surrogate = -(0.7 * (logp[2, 3] + logp[3, 4] + logp[4, 5]) + (-0.3 + 2.0) * logp[2, 6]) / total
+    surrogate.backward()
+    torch.testing.assert_close(got, model.table.grad)
+    assert info["tokens"] == 4.0
+    nll = -float(logp[2, 3] + logp[3, 4] + logp[4, 5] + logp[2, 6]) / 4
+    assert info["nll"] == pytest.approx(nll, rel=1e-5)
+
+
+def test_kl_term_value_and_gradient_against_exact_kl():
+    """Exact expectation over a 7-token vocabulary of the one-token completions after prompt [1]."""
+    policy, reference = Bigram(seed=1), Bigram(seed=2)
+    prev = 1
+    ref_logp = torch.log_softmax(reference.table[prev].detach(), -1)
+    pi = torch.softmax(policy.table[prev], -1).detach()
+    value = torch.zeros(())
+    policy.zero_grad()
+    for x in range(VOCAB):
+        s = [Sample("solver", [prev], [x])]
+        ref = torch.zeros(1, 2)
+        ref[0, 1] = ref_logp[x]
+        loss, info = role_loss(policy, s, pad_id=PAD, clip_eps=0.2, kl_coef=1.0, total_tokens=1, reference_logps=ref)
+        (pi[x] * loss).backward()  # E_{x ~ pi}[k3(x)] with the sampling weights held fixed
+        value = value + pi[x] * info["kl"]
+    got_grad = policy.table.grad[prev].clone()
+
+    logits = policy.table[prev].detach().clone().requires_grad_(True)
+    logp = torch.log_softmax(logits, -1)
+    kl_pi_ref = (logp.exp() * (logp - ref_logp)).sum()            # KL(pi || pi_ref): what the value estimates
+    kl_ref_pi = (ref_logp.exp() * (ref_logp - logp)).sum()        # KL(pi_ref || pi): what the gradient descends
+    assert float(value) == pytest.approx(float(kl_pi_ref), rel=1e-5)
+    (grad_ref_pi,) = torch.autograd.grad(kl_ref_pi, logits)
+    torch.testing.assert_close(got_grad, grad_ref_pi, atol=1e-6, rtol=1e-5)
+    logp = torch.log_softmax(logits, -1)
+    (grad_pi_ref,) = torch.autograd.grad((logp.exp() * (logp - ref_logp)).sum(), logits)
+    assert not torch.allclose(got_grad, grad_pi_ref, atol=1e-3)  # the two directions really differ here
+
+
+def test_kl_is_zero_at_the_reference():
+    policy = Bigram(seed=3)
+    s = [Sample("solver", [1, 2], [3, 4])]
+    with torch.no_grad():
+        ref = token_logprobs(policy, torch.tensor([[1, 2, 3, 4]]), torch.ones(1, 4, dtype=torch.long))
+    loss, info = role_loss(policy, s, pad_id=PAD, clip_eps=0.2, kl_coef=1.0, total_tokens=2, reference_logps=ref)
+    assert info["kl"] == pytest.approx(0.0, abs=1e-7)
+    loss.backward()
+    assert policy.table.grad.abs().max() < 1e-6
+
+
+def test_grpo_advantages():
+    (adv,) = group_advantages([[1.0, 0.0, 0.0, 1.0]], "grpo", scale_by_std=False)
+    assert adv == [0.5, -0.5, -0.5, 0.5]
+    (adv,) = group_advantages([[1.0, 0.0, 0.0, 1.0]], "grpo", scale_by_std=True)
+    std = math.sqrt(1 / 3)  # sample standard deviation of 1,0,0,1
+    a = 0.5 / (std + 1e-4)
+    assert adv == pytest.approx([a, -a, -a, a])
+    assert group_advantages([[1.0, 1.0, 1.0]], "grpo", True) == [[0.0, 0.0, 0.0]]  # all right: no signal
+
+
+def test_rloo_advantages():
+    (adv,) = group_advantages([[1.0, 0.0, 0.0, 0.0]], "rloo", scale_by_std=False)
+    assert adv == pytest.approx([1.0, -1 / 3, -1 / 3, -1 / 3])
+    assert group_advantages([[1.0]], "rloo", False) == [[0.0]]
+
+
+def test_batch_advantages_pool_every_group():
+    adv = group_advantages([[1.0, 1.0], [0.0, 0.0]], "batch", scale_by_std=False)
+    assert adv == [[0.5, 0.5], [-0.5, -0.5]]  # per group (grpo) both groups would be all zero
+    assert group_advantages([[1.0, 1.0], [0.0, 0.0]], "grpo", False) == [[0.0, 0.0], [0.0, 0.0]]
+    with pytest.raises(KeyError, match="unknown advantage estimator"):
+        group_advantages([[1.0]], "ppo", False)
+
+
+def test_merged_copy_matches_the_peft_forward(lm):
+    """MergedView's plain copy with a role's adapter merged in computes what the PEFT model computes."""
+    from alive_exp.models import MergedView, attach_adapters
+
+    cfg = OmegaConf.create({"finetune": "lora", "adapters": "per_role",
+                            "lora": {"r": 4, "alpha": 8, "dropout": 0.0,
+                                     "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                        "down_proj"]}})
+    base = copy.deepcopy(lm)
+    plain = copy.deepcopy(lm)
+    peft = attach_adapters(base, cfg)
+    torch.manual_seed(1)
+    with torch.no_grad():  # LoRA B starts at zero: give every adapter its own non-zero weights
+        for n, p in peft.named_parameters():
+            if "lora_" in n:
+                p.normal_(0, 0.2)
+    view = MergedView(peft, plain)
+    ids = torch.tensor([[3, 5, 7, 9, 11, 2]])
+    previous = None
+    for role in ("solver", "reviewer", "constructor"):
+        peft.set_adapter(role)
+        with torch.no_grad():
+            want = peft(input_ids=ids).logits
+            got = view.model()(input_ids=ids).logits
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+        if previous is not None:
+            assert not torch.allclose(want, previous, atol=1e-3)  # the adapters differ, so the check binds
+        previous = want
+    # after an optimizer step the copy is re-merged only when told the adapter changed
+    peft.set_adapter("solver")
+    view.model()
+    with torch.no_grad():
+        for n, p in peft.named_parameters():
+            if ".solver." in n and "lora_B" in n:
+                p.add_(0.3)
+        want = peft(input_ids=ids).logits
+    assert not torch.allclose(view.model()(input_ids=ids).logits, want, atol=1e-3)  # stale until marked
+    view.stale("solver")
+    torch.testing.assert_close(view.model()(input_ids=ids).logits, want, atol=1e-5, rtol=1e-4)
