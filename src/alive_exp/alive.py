@@ -22,7 +22,7 @@ from alive_exp.domains import Critique, Document, SpanCheck, Task
 from alive_exp.losses import Sample, group_advantages
 from alive_exp.oracles import CritiqueRequest
 from alive_exp.rewards import learnability
-from alive_exp.roles import critique_body, parse_critique, parse_span
+from alive_exp.roles import critique_body, parse_critique, parse_span, scrub_reference
 from alive_exp.rollout import Completion, phase_seed
 
 
@@ -73,6 +73,13 @@ class AliveStep:
         self.mode, self.oracle, self.timer, self.use_adapter = reward_mode, oracle, timer, use_adapter
         self.tr, self.gcfg, self.rcfg = cfg.trainer, cfg.trainer.generation, cfg.reward
         self.tokens = {"constructor": 0, "solver": 0, "reviewer": 0, "refine": 0}
+        self.reference_leaks = 0  # quotations of the reference blanked from critiques a solver reads, this step
+
+    def shown(self, critique: Critique, task: Task) -> Critique:
+        """The critique as a refiner or a feedback-conditioned solver reads it: the reference blanked out."""
+        text, leaks = scrub_reference(critique.text, task.reference)
+        self.reference_leaks += leaks
+        return Critique(text, critique.verdict, critique.error)
 
     def _sample(self, role: str, prompts: list[str], n: int, max_new: int, step: int, phase: str,
                 count_as: str | None = None) -> list[list[Completion]]:
@@ -169,7 +176,7 @@ class AliveStep:
         if not todo:
             return
         prompts = [self.templates.render("refiner", task=a.task.prompt, solution=a.completion.text,
-                                         critique=critique_body(c.text)) for a, c, _ in todo]
+                                         critique=critique_body(self.shown(c, a.task).text)) for a, c, _ in todo]
         groups = self._sample("solver", prompts, 1, self.gcfg.solver_tokens, step, "refine", count_as="refine")
         scores = self.domain.score_many([g[0].text for g in groups], [a.task for a, _, _ in todo])
         for (a, _, blind), g, (ok, _) in zip(todo, groups, scores):
@@ -206,8 +213,11 @@ class AliveStep:
                         out["solver"] += [Sample("solver", r.prompt_ids, r.completion_ids, ad, kind="refine")
                                           for (r, _), ad in zip(kind, radv)]
             confirmed = [a.revision.text for a in revised if a.revision_correct]
-            for t in self.mode.targets(g[0].task, [a.completion.text for a in g], [a.critique for a in g], confirmed):
-                w = self.rcfg.distill_coef if t.kind == "distill" else self.rcfg.fcp_coef
+            task = g[0].task
+            shown = [self.shown(a.critique, task) for a in g] if self.mode.reads_critiques else [a.critique for a in g]
+            for t in self.mode.targets(task, [a.completion.text for a in g], shown, confirmed,
+                                       self.domain.solution_text(task)):
+                w = {"distill": self.rcfg.distill_coef, "fcp": self.rcfg.fcp_coef, "sft": self.rcfg.sft_coef}[t.kind]
                 out["solver"].append(Sample("solver", self.gen.encode_prompt(t.prompt), enc(t.completion), 0.0, w, t.kind))
         # reviewer: likelihood on oracle critiques in warm-up, else rewarded for agreement and instruction
         flat = [a for g in attempts for a in g]

@@ -63,7 +63,7 @@ class BenchmarkConfig:
 
 @dataclass
 class RewardConfig:
-    mode: str = "scalar"  # scalar | judge | verbal | fcp
+    mode: str = "scalar"  # scalar | judge | verbal | fcp | sft
     advantage: str = "grpo"  # grpo | rloo | batch
     scale_by_std: bool = True
     negative_weight: float = 1.0
@@ -72,6 +72,7 @@ class RewardConfig:
     distill_coef: float = 1.0
     refine: bool = False
     fcp_coef: float = 1.0
+    sft_coef: float = 1.0
     reviewer_agreement: float = 1.0
     reviewer_balance: bool = True
     reviewer_instructive: float = 0.5
@@ -194,6 +195,7 @@ class WarmstartConfig:
     train_docs: int = 20000
     eval_size: int = 200
     seed: int = 0
+    benchmark_options: dict[str, Any] = field(default_factory=dict)
     mix: dict[str, float] = field(default_factory=lambda: {
         "constructor": 0.1, "solver": 0.5, "reviewer": 0.2, "reviewer_blind": 0.1, "refiner": 0.1})
 

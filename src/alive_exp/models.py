@@ -32,7 +32,7 @@ SHARED_ADAPTER = "policy"
 
 
 def _tiny_key(cfg: DictConfig, corpus_domains: list[str]) -> str:
-    spec = {"tiny": OmegaConf.to_container(cfg.tiny, resolve=True), "domains": sorted(corpus_domains), "v": 1}
+    spec = {"tiny": OmegaConf.to_container(cfg.tiny, resolve=True), "domains": sorted(corpus_domains), "v": 2}
     return hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
 
 
@@ -41,6 +41,7 @@ def tokenizer_corpus(corpus_domains: list[str], size: int, seed: int) -> list[st
     texts: list[str] = []
     for name in corpus_domains:
         texts += [d.text for d in domains.get(name).documents("train", size, seed)]
+        texts += domains.get(name).vocabulary()
     texts += [
         "Task: Span: Verdict: correct incorrect Critique: Step is wrong not right Answer: Revise the solution "
         "Document: Feedback: Solve the task. Review the solution against the reference. [MASK]"

@@ -217,6 +217,11 @@ class AliveModule(pl.LightningModule):
         m["invalid/constructor"] = float(sum(not p.check.valid for p in learned))
         m["invalid/solver"] = float(sum(a.answer is None for a in flat))
         m["invalid/reviewer"] = float(sum(a.critique.verdict is None for a in flat))
+        m["refine/reference_leaks"] = float(self.step_impl.reference_leaks)
+        self.step_impl.reference_leaks = 0
+        kinds = [g[0].task.meta.get("kind", "whole") for g in attempts]
+        for kind in sorted(set(kinds) | {"whole"}):  # whole problems beside tasks that hide a column or carry
+            m[f"tasks/{kind}_share"] = M.mean([float(k == kind) for k in kinds]) if kinds else 0.0
         for k, v in self.step_impl.tokens.items():
             m[f"tokens/{k}"] = float(v)
             self.step_impl.tokens[k] = 0

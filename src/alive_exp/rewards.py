@@ -10,6 +10,10 @@ same in every mode, so modes differ only where the ablation says they should.
 | judge  | reviewer verdict                  | none                                       |
 | verbal | reviewer verdict                  | revisions the reference confirms (distill) |
 | fcp    | none (no policy gradient)         | each solution under its critique           |
+| sft    | none (no policy gradient)         | the task's reference solution (a control)  |
+
+`sft` is the supervised control: any arm whose critiques could carry the reference must beat learning
+from the reference itself, or its gain may be the labels.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ class RewardMode(ABC):
     name = ""
     policy_gradient = True
     train_refiner = False  # reinforce revisions under their critique (verbal)
+    reads_critiques = False  # its likelihood targets are conditioned on critiques (fcp): they are scrubbed first
 
     def __init__(self, templates: RoleTemplates) -> None:
         self.templates = templates
@@ -64,7 +69,8 @@ class RewardMode(ABC):
         """Reward of each of a task's N solutions (TRL's shape: prompts, completions, **columns)."""
 
     def targets(self, task: Task, solutions: list[str], critiques: list[Critique],
-                confirmed_revisions: list[str]) -> list[LikelihoodTarget]:
+                confirmed_revisions: list[str], reference_solution: str) -> list[LikelihoodTarget]:
+        """Likelihood targets for the solver from one task's group (none by default)."""
         return []
 
 
@@ -84,7 +90,7 @@ class Judge(RewardMode):
 class Verbal(Judge):
     train_refiner = True
 
-    def targets(self, task, solutions, critiques, confirmed_revisions):
+    def targets(self, task, solutions, critiques, confirmed_revisions, reference_solution):
         prompt = self.solver_prompt(task)
         return [LikelihoodTarget(prompt, rev, "distill") for rev in confirmed_revisions]
 
@@ -92,6 +98,7 @@ class Verbal(Judge):
 @reward_mode("fcp")
 class FeedbackConditional(RewardMode):
     policy_gradient = False
+    reads_critiques = True
 
     def solver_prompt(self, task: Task) -> str:
         return self.templates.render("fcp_solver", task=task.prompt, critique=self.templates.fcp_positive)
@@ -99,12 +106,22 @@ class FeedbackConditional(RewardMode):
     def solver_rewards(self, prompts, completions, *, correct, critiques):
         return [float(c.verdict is True) for c in critiques]
 
-    def targets(self, task, solutions, critiques, confirmed_revisions):
+    def targets(self, task, solutions, critiques, confirmed_revisions, reference_solution):
         return [
             LikelihoodTarget(self.templates.render("fcp_solver", task=task.prompt, critique=critique_body(c.text)), s, "fcp")
             for s, c in zip(solutions, critiques, strict=True)
             if c.text
         ]
+
+
+@reward_mode("sft")
+class Supervised(Scalar):
+    """Likelihood on each task's reference solution from its document; the reward is only logged."""
+
+    policy_gradient = False
+
+    def targets(self, task, solutions, critiques, confirmed_revisions, reference_solution):
+        return [LikelihoodTarget(self.solver_prompt(task), reference_solution, "sft")]
 
 
 def learnability(solve_rate: float) -> float:

@@ -73,6 +73,23 @@ def parse_critique(text: str) -> Critique:
     return Critique(text=text, verdict=word in ("correct", "right"))
 
 
+def scrub_reference(text: str, reference: str) -> tuple[str, int]:
+    """The critique with every quotation of the task's reference blanked out, and how many there were.
+
+    What a refiner or a feedback-conditioned solver reads must not hold the hidden answer, or learning from
+    it is supervised learning on the labels. A number counts as quoted only as a whole number (`13` is not
+    in `130`); other references (words, code) as a case-insensitive substring.
+    """
+    ref = str(reference).strip()
+    if not ref:
+        return text, 0
+    if re.fullmatch(r"-?\d+(?:\.\d+)?", ref):
+        pattern = re.compile(rf"(?<![\d.]){re.escape(ref)}(?![\d]|\.\d)")
+    else:
+        pattern = re.compile(re.escape(ref), re.IGNORECASE)
+    return pattern.subn("?", text)
+
+
 def critique_body(text: str) -> str:
     """The critique without its verdict line(s), as shown to the solver when it refines."""
     lines = [ln for ln in text.strip().splitlines() if not _VERDICT.search(ln)]

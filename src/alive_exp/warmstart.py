@@ -9,8 +9,11 @@ start fine-tunes all weights on transcripts the domain's oracle writes for every
 - blind reviewer (no reference) and refiner (wrong solution + critique -> correct solution), so that
   self-correction has something to start from.
 
-It stops after `warmstart.steps` steps (or `max_minutes`), leaving a solver that is neither hopeless nor
-perfect; held-out accuracy is written to `metrics.json` beside the model.
+It runs exactly `warmstart.steps` steps, leaving a solver that is neither hopeless nor perfect: the weights
+are a function of the config, the run seed and the torch thread count, never of the machine's speed
+(`max_minutes` only stops a build that overruns it, with an error, and caches nothing). Held-out accuracy,
+steps, seconds and threads are written to `metrics.json` beside the model. Parallel jobs that need the same
+warm start wait on a file lock while the first builds it.
 """
 
 from __future__ import annotations
@@ -28,20 +31,41 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from alive_exp import domains, models
-from alive_exp.roles import RoleTemplates, parse_critique
+from alive_exp.roles import RoleTemplates, critique_body, parse_critique, scrub_reference
 from alive_exp.rollout import Generator
 
 log = logging.getLogger(__name__)
 
 KINDS = ("constructor", "solver", "reviewer", "reviewer_blind", "refiner")
-TRANSCRIPTS_VERSION = 3  # bump when the oracle's transcripts change: cached warm starts are then rebuilt
+TRANSCRIPTS_VERSION = 4  # bump when the oracle's transcripts change: cached warm starts are then rebuilt
 
 
 def warmstart_options(cfg: DictConfig) -> dict:
-    """The domain options the warm start uses: all but `hide`, so it teaches every kind of task."""
+    """The domain options the warm start uses: the benchmark's, updated by `warmstart.benchmark_options`
+    (e.g. both operations, so that a suite of the operation RL never trains on starts above zero), all but
+    `hide`, so it teaches every kind of task."""
+    options = OmegaConf.to_container(cfg.benchmark.options, resolve=True) or {}
+    extra = OmegaConf.to_container(cfg.warmstart.benchmark_options, resolve=True) or {}
+    options = OmegaConf.to_container(OmegaConf.merge(options, extra), resolve=True)
+    options.pop("hide", None)
+    return options
+
+
+def trained_options(cfg: DictConfig) -> dict:
+    """The options of the domain RL trains on (what the warm start's held-out accuracy is measured on)."""
     options = OmegaConf.to_container(cfg.benchmark.options, resolve=True) or {}
     options.pop("hide", None)
     return options
+
+
+def warmstart_seed(cfg: DictConfig) -> int:
+    """One warm start per run seed, so that the seed spread of a study includes the warm start's."""
+    return int(cfg.warmstart.seed) * 1_000_003 + int(cfg.seed)
+
+
+def warmstart_threads(cfg: DictConfig) -> int:
+    """Threads decide the order of floating-point sums, hence the weights: part of the key."""
+    return int(cfg.hardware.torch_threads or torch.get_num_threads())
 
 
 def warmstart_dir(cfg: DictConfig) -> Path:
@@ -54,8 +78,10 @@ def warmstart_dir(cfg: DictConfig) -> Path:
         "roles": OmegaConf.to_container(cfg.roles, resolve=True),
         "eval_domains": sorted(cfg.benchmark.eval_domains),
         "transcripts": TRANSCRIPTS_VERSION,
+        "seed": warmstart_seed(cfg),
+        "threads": warmstart_threads(cfg),
     }
-    for budget_only in ("enabled", "max_minutes"):  # a time budget does not change a run that finishes in it
+    for budget_only in ("enabled", "max_minutes"):  # a time budget never changes the weights, only stops a build
         spec["warmstart"].pop(budget_only, None)
     key = hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
     return Path(cfg.paths.data_dir) / "warmstart" / f"{cfg.benchmark.domain}-{key}"
@@ -93,9 +119,8 @@ class Transcripts:
             return self.t.render("reviewer", task=task.prompt, reference=task.reference, solution=solution), critique
         if kind == "reviewer_blind":
             return self.t.render("reviewer_blind", task=task.prompt, solution=solution), critique
-        from alive_exp.roles import critique_body
-
-        return self.t.render("refiner", task=task.prompt, solution=solution, critique=critique_body(critique)), good
+        shown, _ = scrub_reference(critique_body(critique), task.reference)  # never the hidden answer
+        return self.t.render("refiner", task=task.prompt, solution=solution, critique=shown), good
 
 
 def _chunks(gen: Generator, pairs: list[tuple[str, str]], pad: int, chunk: int):
@@ -148,58 +173,69 @@ def heldout_scores(gen: Generator, domain, templates: RoleTemplates, size: int, 
 
 
 def build_warmstart(cfg: DictConfig, progress: bool = True) -> Path:
-    """Train (or find cached) the warm-started tiny model for cfg's domain; returns its folder."""
+    """Train (or find cached) the warm-started tiny model for cfg's domain and seed; returns its folder."""
+    from filelock import FileLock
+
     out = warmstart_dir(cfg)
-    if (out / "metrics.json").exists():
-        cached = json.loads((out / "metrics.json").read_text())
-        budget = 60 * (cfg.warmstart.max_minutes or float("inf"))
-        if cached.get("steps", 0) >= cfg.warmstart.steps or budget <= 1.1 * cached.get("train_seconds", 0):
-            return out
-        log.warning("the cached warm start %s stopped at a smaller time budget after %d of %d steps; rebuilding it",
-                    out, cached["steps"], cfg.warmstart.steps)
-        shutil.rmtree(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out) + ".lock"):  # a parallel job needing the same warm start waits, then reads it
+        if not (out / "metrics.json").exists():
+            _train_warmstart(cfg, out, progress)
+    return out
+
+
+def _train_warmstart(cfg: DictConfig, out: Path, progress: bool) -> None:
     w = cfg.warmstart
-    torch.manual_seed(w.seed)
+    seed, threads = warmstart_seed(cfg), warmstart_threads(cfg)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
     domain = domains.get(cfg.benchmark.domain, **warmstart_options(cfg))
     corpus_domains = sorted({cfg.benchmark.domain, *cfg.benchmark.eval_domains})
     base_cfg = OmegaConf.merge(cfg.model, {"init_from": None, "source": "tiny"})
     model, tok, _ = models.load_base(base_cfg, cfg.paths.data_dir, corpus_domains)
+    torch.manual_seed(seed)
     templates = RoleTemplates(**OmegaConf.to_container(cfg.roles, resolve=True))
     gen = Generator(model, tok, batch_size=128)
-    stream = Transcripts(domain, templates, domain.documents("train", w.train_docs, w.seed),
-                         dict(w.mix), w.seed)
+    stream = Transcripts(domain, templates, domain.documents("train", w.train_docs, seed), dict(w.mix), seed)
     opt = torch.optim.AdamW(model.parameters(), lr=w.lr, weight_decay=w.weight_decay, betas=(0.9, 0.99))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / w.warmup_steps) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / w.steps))))
     model.train()
     start, losses = time.perf_counter(), []
     bar = _progress(progress, w.steps)
-    for step in range(w.steps):
-        opt.zero_grad(set_to_none=True)
-        loss = likelihood_step(model, gen, [stream.example() for _ in range(w.batch_size)], tok.pad_token_id)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss)
-        bar.update(step, loss=sum(losses[-20:]) / len(losses[-20:]))
-        if w.max_minutes and time.perf_counter() - start > 60 * w.max_minutes:
-            log.warning("warm start stopped at its time budget after %d of %d steps", step + 1, w.steps)
-            break
-    bar.close()
-    train_s = time.perf_counter() - start
-    model.eval()
-    g = cfg.trainer.generation
-    scores = heldout_scores(gen, domain, templates, w.eval_size, cfg.seed, g.solver_tokens, g.reviewer_tokens)
-    acc = scores["heldout_accuracy"]
+    try:
+        for step in range(w.steps):
+            opt.zero_grad(set_to_none=True)
+            loss = likelihood_step(model, gen, [stream.example() for _ in range(w.batch_size)], tok.pad_token_id)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            losses.append(loss)
+            bar.update(step, loss=sum(losses[-20:]) / len(losses[-20:]))
+            if w.max_minutes and time.perf_counter() - start > 60 * w.max_minutes:
+                raise RuntimeError(
+                    f"warm start overran warmstart.max_minutes={w.max_minutes} after {step + 1} of {w.steps} steps "
+                    f"({threads} torch threads); nothing was cached. Raise warmstart.max_minutes (0 = no limit) or "
+                    "lower warmstart.steps: the step count, not the clock, decides the weights.")
+        train_s = time.perf_counter() - start
+        model.eval()
+        g = cfg.trainer.generation
+        scores = heldout_scores(gen, domains.get(cfg.benchmark.domain, **trained_options(cfg)), templates,
+                                w.eval_size, cfg.seed, g.solver_tokens, g.reviewer_tokens)
+    finally:
+        bar.close()
+        torch.set_num_threads(previous)
     tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
-    metrics = {**scores, "steps": len(losses), "final_loss": losses[-1], "train_seconds": train_s}
+    metrics = {**scores, "steps": len(losses), "final_loss": losses[-1], "train_seconds": round(train_s, 1),
+               "threads": threads, "seed": seed}
     (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
     tmp.rename(out)
     log.info("warm start cached at %s: held-out accuracy %.1f%%, reviewer balanced agreement %.1f%%, after %d steps "
-             "(%.0f s)", out, 100 * acc, 100 * scores["heldout_reviewer_balanced_agreement"], len(losses), train_s)
-    return out
+             "(%.0f s, %d threads)", out, 100 * scores["heldout_accuracy"],
+             100 * scores["heldout_reviewer_balanced_agreement"], len(losses), train_s, threads)
 
 
 class _progress:

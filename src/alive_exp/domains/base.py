@@ -83,6 +83,10 @@ class Domain(ABC):
         self.options = options
 
     # -- raw text ---------------------------------------------------------------------------
+    def vocabulary(self) -> list[str]:
+        """Extra text the tiny model's tokenizer learns from (every source's documents, critique phrases)."""
+        return []
+
     @abstractmethod
     def documents(self, split: str, size: int, seed: int) -> list[Document]:
         """Raw documents for `split` ("train" or "test"); disjoint across splits for one seed."""

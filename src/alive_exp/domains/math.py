@@ -21,13 +21,15 @@ from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
+from alive_exp.domains import columns as col
 from alive_exp.domains import hub
-from alive_exp.domains.base import MASK, Critique, Document, Domain, Task, merged_options, verdict_line
+from alive_exp.domains.base import MASK, Critique, Document, Domain, Task, checked_sources, merged_options, verdict_line
 
 log = logging.getLogger(__name__)
 
 HELDOUT_SEED = 1_000_000_007  # reasoning-gym seeds item i with seed + i: far from every training pool
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+_CARRY = re.compile(r"(?<= [cb])1$", re.M)  # a column's carry (c1) or borrow (b1) mark
 _STEP = re.compile(r"(-?\d+(?:\.\d+)?)\s*([-+*/×x])\s*(-?\d+(?:\.\d+)?)\s*=\s*(-?\d+(?:\.\d+)?)")
 _OPS: dict[type, Callable[[Any, Any], Any]] = {
     ast.Add: operator.add,
@@ -95,6 +97,16 @@ def equivalent(prediction: str, reference: str) -> bool:
 class MathDomain(Domain):
     name = "math"
 
+    SOURCE_DEFAULTS: dict[str, dict] = {
+        "basic_arithmetic": dict(
+            min_terms=2, max_terms=3, min_digits=1, max_digits=2, operators=("+", "-", "*"),
+            allow_parentheses=False, allow_negation=False,
+        ),
+        "gsm_symbolic": {},
+        # ours: one line per column; digits = [min, max] per operand; operations trained (add, sub)
+        "column_arithmetic": dict(digits=[2, 3], operations=["add"]),
+    }
+
     def __init__(
         self,
         sources: tuple[str, ...] | list[str] = ("basic_arithmetic",),
@@ -108,16 +120,50 @@ class MathDomain(Domain):
         if hide not in ("any", "answer"):
             raise ValueError(f"math: hide must be 'any' or 'answer', got {hide!r}")
         self.hide = hide  # answer: the constructor may hide only the final answer (tasks = whole problems)
-        self.sources = tuple(sources)
-        self.source_options = merged_options({
-            "basic_arithmetic": dict(
-                min_terms=2, max_terms=3, min_digits=1, max_digits=2, operators=("+", "-", "*"),
-                allow_parentheses=False, allow_negation=False,
-            ),
-            "gsm_symbolic": {},
-        }, source_options)
+        self.sources = checked_sources("math", sources, self.SOURCE_DEFAULTS)
+        self.source_options = merged_options(self.SOURCE_DEFAULTS, source_options)
+        self.columns = self._column_options()
         self.train_pool = train_pool
         self.hub_benchmarks = tuple(hub_benchmarks)
+
+    def _column_options(self) -> dict[str, Any]:
+        opts = dict(self.source_options["column_arithmetic"])
+        unknown = set(opts) - {"digits", "operations"}
+        if unknown:
+            raise ValueError(f"unknown column_arithmetic option(s) {sorted(unknown)} in "
+                             "benchmark.options.source_options.column_arithmetic; known: digits, operations")
+        digits, ops = list(opts["digits"]), list(opts["operations"])
+        if len(digits) != 2 or not 1 <= digits[0] <= digits[1] <= 6:
+            raise ValueError(f"column_arithmetic.digits must be [min, max] with 1 <= min <= max <= 6, got {digits}")
+        if not ops or set(ops) - set(col.OPERATIONS):
+            raise ValueError(f"column_arithmetic.operations must be a non-empty subset of {list(col.OPERATIONS)}, got {ops}")
+        return {"digits": (int(digits[0]), int(digits[1])), "operations": [col.OPERATIONS[o] for o in ops]}
+
+    def _columns(self, n: int, seed: int, split: str, ops=None, digits=None) -> list[Document]:
+        """Column-arithmetic documents of one split (train | heldout | validation); operations alternate."""
+        import random
+
+        ops, digits = ops or self.columns["operations"], digits or self.columns["digits"]
+        rng = random.Random(f"columns-{split}-{seed}-{''.join(ops)}-{digits}")
+        per_op = [n // len(ops) + (i < n % len(ops)) for i in range(len(ops))]
+        pairs = [(a, op, b) for op, k in zip(ops, per_op) for a, b in col.problems(rng, k, op, digits, split)]
+        if split == "train":
+            rng.shuffle(pairs)
+        return [Document(id=f"columns-{split}-{a}{op}{b}", text=col.document_text(a, op, b), domain=self.name,
+                         meta={"source": "column_arithmetic"}) for a, op, b in pairs]
+
+    def vocabulary(self) -> list[str]:
+        """Column working and the column critic's phrases, so the tiny tokenizer has words for them."""
+        import random
+
+        rng, texts = random.Random(0), []
+        for op in col.OPERATIONS.values():
+            for d in self._columns(300, 0, "train", [op], (1, 4)):
+                task = self.make_task(d, *self.candidate_spans(d)[-1])
+                wrong = col.corrupt(task.prompt, self.solution_text(task), rng) or ""
+                texts += [d.text, wrong, self.critique(task, wrong).text,
+                          self.critique(task, self.solution_text(task), blind=True).text]
+        return texts
 
     # -- documents ------------------------------------------------------------------------------
     def _generate(self, source: str, size: int, seed: int) -> list[Document]:
@@ -147,7 +193,9 @@ class MathDomain(Domain):
         per_source = [size // len(self.sources) + (i < size % len(self.sources)) for i in range(len(self.sources))]
         docs: list[Document] = []
         for source, n in zip(self.sources, per_source):
-            if split == "train":
+            if source == "column_arithmetic":  # a hash split: held-out problems are the same for every seed
+                docs += self._columns(n, seed if split == "train" else 0, "train" if split == "train" else "heldout")
+            elif split == "train":
                 docs += self._generate(source, n, seed)
             else:
                 # one fixed benchmark for every seed (seeds change training, not the test), less any problem
@@ -174,6 +222,7 @@ class MathDomain(Domain):
                     m = _NUMBER.search(line, rhs)
                     if m:
                         spans.append((offset + m.start(), offset + m.end()))
+                    spans += [(offset + c.start(), offset + c.end()) for c in _CARRY.finditer(line)]
             offset += len(line)
         if self.hide == "answer":
             return [sp for sp in spans if self._on_answer_line(doc.text, sp[0])]
@@ -184,11 +233,22 @@ class MathDomain(Domain):
 
     def locate_span(self, doc: Document, span: str) -> int:
         # with hide=answer a value that also ends the working means the answer line: its last occurrence
-        return doc.text.rfind(span) if self.hide == "answer" else doc.text.find(span)
+        if self.hide == "answer":
+            return doc.text.rfind(span)
+        if self._is_columns(doc.text):  # the first occurrence that is a value the working computes
+            starts = sorted(s for s, e in self.candidate_spans(doc) if doc.text[s:e] == span)
+            return starts[0] if starts else doc.text.find(span)
+        return doc.text.find(span)
+
+    @staticmethod
+    def _is_columns(text: str) -> bool:
+        return col.parse_question(text) is not None
 
     def unsolvable_reason(self, doc: Document, start: int, end: int) -> str:
         if "\n" not in doc.text[:start]:
             return "span lies in the question"
+        if self._is_columns(doc.text) and (start, end) not in self.candidate_spans(doc):
+            return "span is not a column total, a carry mark or the answer"
         if not any(ch.isdigit() for ch in doc.text[start:end]):
             return "span holds no number to compute"
         if self.hide == "answer" and not self._on_answer_line(doc.text, start):
@@ -211,8 +271,20 @@ class MathDomain(Domain):
             solution = f"{step}\n{self.answer_prefix} {reference}"
         return Task(
             id=f"{doc.id}@{start}", domain=self.name, prompt=prompt, reference=reference, doc_id=doc.id,
-            meta={"solution": solution},
+            meta={"solution": solution, "kind": self.span_kind(text, start)},
         )
+
+    def span_kind(self, text: str, start: int) -> str:
+        """whole (the answer: a whole problem) | carry (a carry or borrow mark) | column (a column total) | step."""
+        if self._on_answer_line(text, start):
+            return "whole"
+        if not self._is_columns(text):
+            return "step"
+        return "carry" if text[start - 2:start] in (" c", " b") else "column"
+
+    def _column_suite(self, size: int, split: str, ops: list[str], digits: tuple[int, int]) -> list[Task]:
+        docs = self._columns(size, 0, split, ops, digits)
+        return [self.make_task(d, *self.candidate_spans(d)[-1]) for d in docs]
 
     # -- solver ---------------------------------------------------------------------------------
     def extract_answer(self, completion: str) -> str | None:
@@ -232,6 +304,8 @@ class MathDomain(Domain):
 
     def corrupt(self, task: Task, solution: str, rng) -> str | None:
         """A realistic slip: one step's result is off, and every later step carries the wrong value on."""
+        if col.parse_question(task.prompt) is not None:
+            return col.corrupt(task.prompt, solution, rng)
         lines = solution.splitlines()
         steps = [i for i, ln in enumerate(lines) if _STEP.search(ln)]
         if not steps:
@@ -258,21 +332,26 @@ class MathDomain(Domain):
 
     # -- oracle ---------------------------------------------------------------------------------
     def critique(self, task: Task, completion: str, *, blind: bool = False) -> Critique:
-        """Names the first wrong `a op b = c` line; with the reference in view, leads with the final answer.
+        """Points at the first wrong step or column and says what kind of error it is, without the answer.
 
-        A reviewer that sees the reference (training) is taught to check the final answer against it first,
-        so its verdict is the reference check; a blind one (self-critique) must find the wrong step.
+        A critique quotes only numbers of the task and the solution: a refiner that reads it learns where to
+        look, not what to write (the reviewer sees the reference; its critique must not hand it on). With the
+        reference in view the verdict is the reference check; blind, it is what the working shows.
         """
-        slip = self._first_slip(completion)
         answer = self.extract_answer(completion)
+        ok = answer is not None and self.verify(answer, task.reference)
+        if col.parse_question(task.prompt) is not None:
+            text, blind_verdict = col.critique_text(task.prompt, completion, answer, ok, task.meta.get("kind", "whole"))
+            verdict = blind_verdict if blind else ok
+            if not blind and ok and not blind_verdict:  # a lucky slip: right answer, wrong working
+                text = f"The answer is right. {text}"
+            return Critique(f"{text}\n{verdict_line(verdict)}", verdict)
         if answer is None:
             text = f"The solution never states a final answer on an '{self.answer_prefix}' line."
             return Critique(f"{text}\n{verdict_line(False)}", False)
-        ok = self.verify(answer, task.reference)
+        slip = self._first_slip(completion)
         if not blind:
-            # the two values side by side, then the judgement: a comparison a small model can learn by copying,
-            # where "answer X is (not) the reference" asks it to compare with a line far up the prompt
-            lead = f"Answer {answer}, reference {task.reference}: {'right' if ok else 'wrong'}."
+            lead = f"The final answer {answer} is {'right' if ok else 'wrong'}."
             text = f"{lead} {slip}" if slip else lead
             return Critique(f"{text}\n{verdict_line(ok)}", ok)
         if slip:
@@ -291,12 +370,21 @@ class MathDomain(Domain):
             a, op, b, c = m.groups()
             true = _APPLY[op](float(a), float(b)) if op in _APPLY else (float(a) / float(b) if float(b) else None)
             if true is not None and abs(true - float(c)) > 1e-6:
-                return f"Step {n} is wrong: {a} {op} {b} is {_fmt(true)}, not {c}."
+                return f"Step {n} is wrong: {a} {op} {b} is not {c}."
         return None
 
     # -- evaluation -----------------------------------------------------------------------------
     def benchmarks(self) -> dict[str, Callable[[int, int], list[Task]]]:
         suites: dict[str, Callable[[int, int], list[Task]]] = {"math_heldout": self.heldout_tasks}
+        if self.sources == ("column_arithmetic",):
+            lo, hi = self.columns["digits"]
+            trained = self.columns["operations"]
+            suites["math_validation"] = lambda size, seed: self._column_suite(size, "validation", trained, (lo, hi))
+            # never trained on: operands one digit longer, and the other operation (the cross-domain analogue)
+            suites["math_longer"] = lambda size, seed: self._column_suite(size, "heldout", trained, (lo + 1, hi + 1))
+            for name, op in col.OPERATIONS.items():
+                if op not in trained:
+                    suites[f"math_{name}"] = lambda size, seed, _op=op: self._column_suite(size, "heldout", [_op], (lo, hi))
         for name in self.hub_benchmarks:
             suites[name] = lambda size, seed, _n=name: hub.math_benchmark(_n, size, seed, self)
         return suites
