@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -164,7 +166,7 @@ def test_blind_review_share_adds_reviews_without_the_reference(small_cfg, share)
     assert s.review(attempts, step=0)  # warm-up: the oracle writes the critiques, whatever the prompt
     flat = attempts[0]
     # every solution is reviewed with the reference: that verdict is the one the step acts on
-    assert all("Reference: 7" in a.critique_prompt and a.critique.text.startswith("Answer 7, reference 7: right.")
+    assert all("Reference: 7" in a.critique_prompt and a.critique.text.startswith("The final answer 7 is right.")
                for a in flat)
     blind = [a for a in flat if a.blind_critique is not None]
     # the oracle writes each critique for the prompt it answers: a blind one neither sees nor cites the reference
@@ -270,3 +272,51 @@ def test_verbal_refines_under_blind_critiques_too_and_reinforces_what_stays_righ
     right.blind_revision_correct, wrong.blind_revision_correct = True, False
     refine = [x for x in s.samples([], [[right, wrong]], warmup=False)["solver"] if x.kind == "refine"]
     assert [x.advantage > 0 for x in refine] == [True, False]
+
+
+def _column_attempt(correct: bool, critique: str, verdict: bool):
+    from alive_exp.domains import Task
+
+    text = "8+6=14 c1\n7+5=12 c1\n4+3+1=8\nAnswer: 824" if not correct else "8+6=14 c1\n7+5+1=13 c1\n4+3+1=8\nAnswer: 834"
+    comp = Completion("p", text, [1, 2], [3, 4], False)
+    a = Attempt(Task("t", "math", "Question: 478 + 356", "834", meta={"kind": "whole"}), "Solve.", comp, correct,
+                text.rsplit(" ", 1)[1])
+    a.critique, a.critique_completion, a.critique_prompt = Critique(critique, verdict), comp, "Review."
+    return a
+
+
+def test_no_refiner_or_fcp_prompt_holds_the_reference_when_the_reviewer_quotes_it(small_cfg):
+    quoting = "Tens column: the carry is dropped; the answer is 834, not 824.\nVerdict: incorrect"
+    s = _step(small_cfg, "verbal")
+    group = [_column_attempt(False, quoting, False), _column_attempt(False, quoting, False)]
+    s.refine([group], step=0)
+    assert all(a.revision is not None for a in group)
+    for a in group:
+        assert "834" not in a.revision.prompt and "Tens column: the carry is dropped" in a.revision.prompt
+    assert s.reference_leaks == 2
+    fcp = _step(small_cfg, "fcp")
+    out = fcp.samples([], [[_column_attempt(False, quoting, False), _column_attempt(True, "Right.\nVerdict: correct", True)]],
+                      warmup=False)
+    prompts = [fcp.gen.tokenizer.decode(x.prompt_ids) for x in out["solver"] if x.kind == "fcp"]
+    assert len(prompts) == 2 and all("834" not in p for p in prompts) and fcp.reference_leaks == 1
+
+
+def test_warm_start_refiner_transcripts_never_hold_the_reference(small_cfg):
+    from alive_exp import domains
+    from alive_exp.roles import RoleTemplates
+    from alive_exp.warmstart import Transcripts
+
+    cfg = small_cfg()
+    domain = domains.get("math", sources=["column_arithmetic"])
+    templates = RoleTemplates(**dict(cfg.roles))
+    stream = Transcripts(domain, templates, domain.documents("train", 300, 0), {"refiner": 1.0}, seed=0)
+    leaks = 0
+    for _ in range(400):
+        prompt, _ = stream.example()
+        reference = stream.last_task.reference
+        head, critique = prompt.split("\nCritique: ", 1)
+        solution = head.split("\nSolution:\n", 1)[1]
+        assert critique.strip()
+        # the critique it is conditioned on quotes only the task and the solution, never the hidden answer
+        leaks += reference in set(re.findall(r"\d+", critique)) - set(re.findall(r"\d+", solution))
+    assert leaks == 0

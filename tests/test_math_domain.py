@@ -64,9 +64,10 @@ def test_spans_are_checked():
 def test_rule_critic_names_the_wrong_step(blind):
     task = domains.Task("t", "math", "Question: Calculate 5 - 3 * 6.", "-13")
     c = math.critique(task, "3 * 6 = 17\n5 - 17 = -12\nAnswer: -12", blind=blind)
-    assert c.verdict is False and "Step 1" in c.text and "18" in c.text
-    # with the reference in view the critique leads with it; a blind one cannot mention it
-    assert ("Answer -12, reference -13: wrong." in c.text) is not blind
+    assert c.verdict is False and "Step 1" in c.text and "17" in c.text
+    # it points at the slip without handing on the right value or the reference
+    assert "18" not in c.text and "-13" not in c.text
+    assert ("The final answer -12 is wrong." in c.text) is not blind
     assert c.text.splitlines()[-1] == "Verdict: incorrect"
     assert math.critique(task, "3 * 6 = 18\n5 - 18 = -13\nAnswer: -13", blind=blind).verdict is True
     assert "never states a final answer" in math.critique(task, "3 * 6 = 18", blind=blind).text
@@ -75,7 +76,8 @@ def test_rule_critic_names_the_wrong_step(blind):
 def test_rule_critic_with_the_reference_judges_the_final_answer():
     task = domains.Task("t", "math", "Question: Calculate 5 - 3 * 6.", "-13")
     consistent_but_wrong = "5 - 3 = 2\n2 * 6 = 12\nAnswer: 12"
-    assert math.critique(task, consistent_but_wrong).text.startswith("Answer 12, reference -13: wrong.")
+    assert math.critique(task, consistent_but_wrong).text.startswith("The final answer 12 is wrong.")
+    assert "-13" not in math.critique(task, consistent_but_wrong).text
     assert "does not follow from the task" in math.critique(task, consistent_but_wrong, blind=True).text
     # the verdict is the reference check the reviewer is rewarded against, even past a slip on the way
     lucky = "3 * 6 = 17\n5 - 18 = -13\nAnswer: -13"

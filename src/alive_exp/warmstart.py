@@ -104,6 +104,7 @@ class Transcripts:
     def example(self) -> tuple[str, str]:
         kind = self.rng.choices(self.kinds, self.weights)[0]
         doc, s, e, task = self.task()
+        self.last_task = task  # what the example was made from (tests read it)
         good = self.domain.solution_text(task)
         if kind == "constructor":
             return self.t.render("constructor", document=doc.text), f"Span: {doc.text[s:e]}"
