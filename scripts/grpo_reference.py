@@ -48,7 +48,7 @@ def main() -> None:
     from alive_exp.losses import Sample, _batch, token_logprobs
     from alive_exp.roles import RoleTemplates
     from alive_exp.rollout import Generator
-    from alive_exp.warmstart import build_warmstart, warmstart_options
+    from alive_exp.warmstart import build_warmstart, trained_options
     from conftest import compose_cfg
 
     torch.set_num_threads(1)
@@ -57,7 +57,7 @@ def main() -> None:
     torch.manual_seed(cfg.seed)
     path = build_warmstart(cfg)
     tok, model = AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path)
-    domain = domains.get(cfg.benchmark.domain, **{**warmstart_options(cfg), "hide": "answer"})
+    domain = domains.get(cfg.benchmark.domain, **{**trained_options(cfg), "hide": "answer"})
     templates = RoleTemplates(**OmegaConf.to_container(cfg.roles, resolve=True))
     gen, max_new = Generator(model, tok, batch_size=128), cfg.trainer.generation.solver_tokens
     heldout = domain.heldout_tasks(cfg.benchmark.eval_size, cfg.seed)

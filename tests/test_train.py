@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from alive_exp import rewards
@@ -100,3 +101,34 @@ def test_warm_start_cache_key_ignores_the_time_budget_only(small_cfg):
     assert warmstart_dir(small_cfg("warmstart.max_minutes=3")) == base
     assert warmstart_dir(small_cfg("warmstart.steps=7")) != base
     assert warmstart_dir(small_cfg("warmstart.lr=1e-4")) != base
+
+
+def _warm(small_cfg, data, *overrides):
+    from safetensors.torch import load_file
+
+    from alive_exp.warmstart import build_warmstart
+
+    cfg = small_cfg("warmstart.steps=4", "warmstart.batch_size=8", "warmstart.eval_size=4", "warmstart.train_docs=100",
+                    "warmstart.warmup_steps=2", "hardware.torch_threads=1", f"paths.data_dir={data}", *overrides)
+    path = build_warmstart(cfg, progress=False)
+    return path, load_file(str(path / "model.safetensors"))
+
+
+def test_warm_start_is_a_function_of_its_config_seed_and_threads(small_cfg, tmp_path):
+    from alive_exp.warmstart import warmstart_dir
+
+    a_path, a = _warm(small_cfg, tmp_path / "a")
+    b_path, b = _warm(small_cfg, tmp_path / "b")  # built again from nothing, tiny model included
+    assert a_path.name == b_path.name and a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    metrics = json.loads((a_path / "metrics.json").read_text())
+    assert metrics["steps"] == 4 and metrics["threads"] == 1 and metrics["train_seconds"] > 0
+    c_path, c = _warm(small_cfg, tmp_path / "a", "seed=1")  # another run seed: another warm start
+    assert c_path != a_path and any(not torch.equal(a[k], c[k]) for k in a)
+    assert warmstart_dir(small_cfg("hardware.torch_threads=2")) != warmstart_dir(small_cfg("hardware.torch_threads=1"))
+
+
+def test_warm_start_overrunning_its_time_budget_fails_and_caches_nothing(small_cfg, tmp_path):
+    with pytest.raises(RuntimeError, match="max_minutes"):
+        _warm(small_cfg, tmp_path, "warmstart.max_minutes=0.00001")
+    assert not [p for p in (tmp_path / "warmstart").iterdir() if p.is_dir()]

@@ -38,12 +38,13 @@ class EvalSettings:
     reviewer_tokens: int
     temperature: float
     seed: int
+    progress: bool = False
 
     @classmethod
     def from_cfg(cls, cfg) -> EvalSettings:
         b, g = cfg.benchmark, cfg.trainer.generation
         return cls(list(b.eval_domains), list(b.eval_suites), b.eval_size, list(b.pass_k), b.self_correction,
-                   g.solver_tokens, g.reviewer_tokens, g.eval_temperature, cfg.seed)
+                   g.solver_tokens, g.reviewer_tokens, g.eval_temperature, cfg.seed, bool(cfg.trainer.progress_bar))
 
 
 class Evaluator:
@@ -69,17 +70,27 @@ class Evaluator:
 
     def __call__(self, module) -> dict[str, float]:
         out: dict[str, float] = {}
-        for domain, suite, tasks in self.suites():
-            out.update({f"eval/{suite}/{k}": v for k, v in self.evaluate(module.use_adapter, domain, tasks).items()})
+        with EvalProgress(self.s.progress) as bar:
+            for domain, suite, tasks in self.suites():
+                bar.suite(suite, len(tasks) * self.generations_per_task())
+                scores = self.evaluate(module.use_adapter, domain, tasks, bar.advance)
+                out.update({f"eval/{suite}/{k}": v for k, v in scores.items()})
         return out
 
-    def evaluate(self, use_adapter: Callable[[str], None], domain, tasks) -> dict[str, float]:
+    def generations_per_task(self) -> int:
+        """Completions evaluation writes per task: greedy, k samples, their reviews, critique and revision."""
+        k = max(self.s.pass_k) if self.s.pass_k else 0
+        return 1 + 2 * k + 2 * self.s.self_correction
+
+    def evaluate(self, use_adapter: Callable[[str], None], domain, tasks,
+                 on_batch: Callable[[int], None] | None = None) -> dict[str, float]:
         if not tasks:
             return {}
         s = self.s
         prompts = [self.solver_prompt(t) for t in tasks]
         use_adapter("solver")
-        greedy = [g[0] for g in self.gen.generate(prompts, n=1, max_new_tokens=s.solver_tokens, temperature=0.0)]
+        greedy = [g[0] for g in self.gen.generate(prompts, n=1, max_new_tokens=s.solver_tokens, temperature=0.0,
+                                                  on_batch=on_batch)]
         t1 = [ok for ok, _ in domain.score_many([c.text for c in greedy], tasks)]
         m: dict[str, float] = {"accuracy": M.mean([float(x) for x in t1]), "n_tasks": float(len(tasks))}
         k_max = max(s.pass_k) if s.pass_k else 0
@@ -87,7 +98,7 @@ class Evaluator:
         sampled_ok: list[bool] = []
         if k_max:
             groups = self.gen.generate(prompts, n=k_max, max_new_tokens=s.solver_tokens, temperature=s.temperature,
-                                       seed=s.seed + 17)
+                                       seed=s.seed + 17, on_batch=on_batch)
             sampled_texts = [c.text for g in groups for c in g]
             sampled_ok = [ok for ok, _ in domain.score_many(sampled_texts, [t for t in tasks for _ in range(k_max)])]
             m["sampled_accuracy"] = M.mean([float(x) for x in sampled_ok])
@@ -95,27 +106,30 @@ class Evaluator:
                 per_task = [sum(sampled_ok[i * k_max:(i + 1) * k_max]) for i in range(len(tasks))]
                 m[f"pass_at_{k}"] = M.mean([M.pass_at_k(k_max, c, k) for c in per_task])
         if s.self_correction:
-            m.update(self.self_correction(use_adapter, domain, tasks, greedy, t1))
+            m.update(self.self_correction(use_adapter, domain, tasks, greedy, t1, on_batch))
         if sampled_texts:
             review_tasks = [t for t in tasks for _ in range(k_max)]
             rprompts = [self.templates.render("reviewer", task=t.prompt, reference=t.reference, solution=x)
                         for t, x in zip(review_tasks, sampled_texts)]
             use_adapter("reviewer")
             verdicts = [parse_critique(g[0].text).verdict for g in
-                        self.gen.generate(rprompts, n=1, max_new_tokens=s.reviewer_tokens, temperature=0.0)]
+                        self.gen.generate(rprompts, n=1, max_new_tokens=s.reviewer_tokens, temperature=0.0,
+                                          on_batch=on_batch)]
             m.update({f"reviewer/{k}": v for k, v in M.reviewer_quality(verdicts, sampled_ok).items()})
         return m
 
-    def self_correction(self, use_adapter, domain, tasks, attempt1, t1) -> dict[str, float]:
+    def self_correction(self, use_adapter, domain, tasks, attempt1, t1, on_batch=None) -> dict[str, float]:
         """SCoRe protocol: critique without the reference, then a revision under that critique."""
         s = self.s
         use_adapter("reviewer")
         cprompts = [self.templates.render("reviewer_blind", task=t.prompt, solution=c.text) for t, c in zip(tasks, attempt1)]
-        critiques = [g[0].text for g in self.gen.generate(cprompts, n=1, max_new_tokens=s.reviewer_tokens, temperature=0.0)]
+        critiques = [g[0].text for g in self.gen.generate(cprompts, n=1, max_new_tokens=s.reviewer_tokens, temperature=0.0,
+                                                          on_batch=on_batch)]
         use_adapter("solver")
         rprompts = [self.templates.render("refiner", task=t.prompt, solution=c.text, critique=critique_body(k))
                     for t, c, k in zip(tasks, attempt1, critiques)]
-        attempt2 = [g[0] for g in self.gen.generate(rprompts, n=1, max_new_tokens=s.solver_tokens, temperature=0.0)]
+        attempt2 = [g[0] for g in self.gen.generate(rprompts, n=1, max_new_tokens=s.solver_tokens, temperature=0.0,
+                                                    on_batch=on_batch)]
         t2 = [ok for ok, _ in domain.score_many([c.text for c in attempt2], tasks)]
         sc = M.self_correction(t1, t2)
         sc["edit_distance_ratio"] = M.mean([M.edit_distance_ratio(a.text, b.text) for a, b in zip(attempt1, attempt2)])
@@ -125,3 +139,32 @@ class Evaluator:
         sc.update({f"gated_{k}": v for k, v in M.self_correction(t1, gated).items() if k != "acc_t1"})
         sc.update({f"critique_{k}": v for k, v in M.reviewer_quality(verdicts, t1).items()})
         return {f"self_correction/{k}": v for k, v in sc.items()}
+
+
+class EvalProgress:
+    """A rich progress bar per evaluated suite, counting completions written (silent when disabled)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.p, self.task = None, None
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.p = Progress(TextColumn("evaluate {task.description}"), BarColumn(), MofNCompleteColumn(),
+                              TextColumn("completions"), TimeElapsedColumn())
+
+    def __enter__(self) -> EvalProgress:
+        if self.p:
+            self.p.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.p:
+            self.p.stop()
+
+    def suite(self, name: str, total: int) -> None:
+        if self.p:
+            self.task = self.p.add_task(name, total=total)
+
+    def advance(self, k: int) -> None:
+        if self.p and self.task is not None:
+            self.p.advance(self.task, k)

@@ -7,7 +7,7 @@ returns its completions with their token ids and the count of generated tokens.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -75,8 +75,11 @@ class Generator:
 
     @torch.no_grad()
     def generate(self, prompts: list[str], *, n: int = 1, max_new_tokens: int = 64, temperature: float = 1.0,
-                 top_p: float = 1.0, seed: int | None = None) -> list[list[Completion]]:
-        """n completions for each prompt (greedy when temperature == 0), grouped per prompt."""
+                 top_p: float = 1.0, seed: int | None = None,
+                 on_batch: Callable[[int], None] | None = None) -> list[list[Completion]]:
+        """n completions for each prompt (greedy when temperature == 0), grouped per prompt.
+
+        `on_batch(k)` is called after each batch of k completions (progress bars)."""
         if not prompts:
             return []
         flat = [p for p in prompts for _ in range(n)]
@@ -89,6 +92,8 @@ class Generator:
             with ctx:
                 for i in range(0, len(flat), self.batch_size):
                     out += self._generate_batch(model, flat[i:i + self.batch_size], max_new_tokens, temperature, top_p)
+                    if on_batch is not None:
+                        on_batch(len(flat[i:i + self.batch_size]))
         finally:
             model.train(was_training)
         return [out[i * n:(i + 1) * n] for i in range(len(prompts))]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 from pathlib import Path
@@ -99,7 +100,8 @@ def build(cfg: DictConfig, evaluate: bool = True) -> AliveModule:
     if cfg.warmstart.enabled and cfg.model.source == "tiny" and not cfg.model.init_from:
         from alive_exp.warmstart import build_warmstart
 
-        model_cfg = OmegaConf.merge(cfg.model, {"init_from": str(build_warmstart(cfg, cfg.trainer.progress_bar))})
+        warm = build_warmstart(cfg, cfg.trainer.progress_bar)
+        model_cfg = OmegaConf.merge(cfg.model, {"init_from": str(warm)})
     base, tokenizer, _ = models.load_base(model_cfg, cfg.paths.data_dir, corpus_domains)
     merge = cfg.trainer.generation.merge_adapters and models.adapter_names(cfg.model)
     plain = copy.deepcopy(base) if merge else None
@@ -114,7 +116,10 @@ def build(cfg: DictConfig, evaluate: bool = True) -> AliveModule:
     rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0)))
     corpus = Corpus(domain, cfg.benchmark.train_docs, cfg.seed, cfg.trainer.docs_per_step, rank=rank, world=world)
     evaluator = Evaluator(EvalSettings.from_cfg(cfg), generator, templates, mode.solver_prompt, options) if evaluate else None
-    return AliveModule(cfg, model, tokenizer, domain, build_oracle(cfg), templates, mode, generator, corpus, evaluator)
+    module = AliveModule(cfg, model, tokenizer, domain, build_oracle(cfg), templates, mode, generator, corpus, evaluator)
+    module.warm_start = json.loads((Path(model_cfg.init_from) / "metrics.json").read_text()) if (
+        model_cfg.init_from and (Path(model_cfg.init_from) / "metrics.json").exists()) else {}
+    return module
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -159,6 +164,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         # our own checkpoints hold RNG states (numpy arrays), which weights_only loading refuses
         trainer.fit(module, loader, ckpt_path=ckpt, weights_only=False)
         final: dict[str, float] = dict(module.history[-1]) if module.history else {}
+        if module.warm_start and trainer.is_global_zero:
+            warm = {f"warmstart/{k}": float(module.warm_start[k]) for k in
+                    ("heldout_accuracy", "heldout_reviewer_balanced_agreement", "steps", "train_seconds", "eval_size")
+                    if k in module.warm_start}
+            logger.log_metrics(warm, step=0)
+            final.update(warm)
         if cfg.trainer.eval_at_end and module.evaluator is not None:
             scores = module.evaluator(module)
             if trainer.is_global_zero:
@@ -171,7 +182,25 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             write_run_info(out / "checkpoints", finished=True)
     final["mlflow_run_id"] = module.mlflow_run_id
     final["output_dir"] = str(out)
+    if zero:
+        print(summary(final, cfg), flush=True)
     return final
+
+
+def summary(final: dict[str, Any], cfg: DictConfig) -> str:
+    """The run's last lines: held-out accuracy before and after training, and where the MLflow run is."""
+    lines = []
+    before = final.get("warmstart/heldout_accuracy")
+    for key in sorted(k for k in final if k.startswith("eval/") and k.endswith("/accuracy") and k.count("/") == 2):
+        suite = key.split("/")[1]
+        n = int(final.get(f"eval/{suite}/n_tasks", 0))
+        same = key.endswith("_heldout/accuracy") and final.get("warmstart/eval_size") == n  # the same problems
+        start = f"warm start {100 * before:.1f}% -> " if before is not None and same else ""
+        lines.append(f"held-out accuracy {suite} ({n} problems, greedy): {start}trained {100 * final[key]:.1f}%")
+    uri = cfg.logger.tracking_uri
+    lines.append(f"MLflow run {final.get('mlflow_run_id')} (experiment {cfg.logger.experiment_name!r}) in {uri}; "
+                 f"browse with: mlflow ui --backend-store-uri {uri}")
+    return "\n".join(lines)
 
 
 def resumed_run_id(ckpt: str) -> str | None:

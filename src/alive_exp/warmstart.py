@@ -41,14 +41,12 @@ TRANSCRIPTS_VERSION = 4  # bump when the oracle's transcripts change: cached war
 
 
 def warmstart_options(cfg: DictConfig) -> dict:
-    """The domain options the warm start uses: the benchmark's, updated by `warmstart.benchmark_options`
-    (e.g. both operations, so that a suite of the operation RL never trains on starts above zero), all but
-    `hide`, so it teaches every kind of task."""
+    """The domain options the warm start uses: the benchmark's (`hide` included: it teaches the kinds of task
+    RL will pose), updated by `warmstart.benchmark_options` (e.g. both operations, so that a suite of the
+    operation RL never trains on starts above zero)."""
     options = OmegaConf.to_container(cfg.benchmark.options, resolve=True) or {}
     extra = OmegaConf.to_container(cfg.warmstart.benchmark_options, resolve=True) or {}
-    options = OmegaConf.to_container(OmegaConf.merge(options, extra), resolve=True)
-    options.pop("hide", None)
-    return options
+    return OmegaConf.to_container(OmegaConf.merge(options, extra), resolve=True)
 
 
 def trained_options(cfg: DictConfig) -> dict:
@@ -231,7 +229,7 @@ def _train_warmstart(cfg: DictConfig, out: Path, progress: bool) -> None:
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
     metrics = {**scores, "steps": len(losses), "final_loss": losses[-1], "train_seconds": round(train_s, 1),
-               "threads": threads, "seed": seed}
+               "threads": threads, "seed": seed, "eval_size": int(w.eval_size)}
     (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
     tmp.rename(out)
     log.info("warm start cached at %s: held-out accuracy %.1f%%, reviewer balanced agreement %.1f%%, after %d steps "

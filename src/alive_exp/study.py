@@ -1,0 +1,244 @@
+"""The learning study: each arm against its own seed's warm start, and arms against each other, paired by seed.
+
+A study is a set of finished runs, one per (arm, seed), each in an MLflow store: the warm start evaluated as it
+is (arm `warm_start`, 0 ALIVE steps) and every reward mode trained from it. Every number is read back from
+the stores. Intervals are two-sided 95% t-intervals across seeds of the per-seed values or, for gains and
+differences, of the per-seed differences (paired: the seed fixes the warm start, the documents and the draws).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alive_exp.report import fmt, metric_history, t_interval
+
+BASELINE = "warm_start"
+SUITE_METRICS = {  # column name -> metric under eval/<suite>/
+    "accuracy": "accuracy",
+    "sampled": "sampled_accuracy",
+    "pass@4": "pass_at_4",
+    "acc_t1": "self_correction/acc_t1",
+    "acc_t2": "self_correction/acc_t2",
+    "sc_delta": "self_correction/delta",
+    "i_to_c": "self_correction/delta_i_to_c",
+    "c_to_i": "self_correction/delta_c_to_i",
+    "critique_agreement": "self_correction/critique_agreement",
+    "reviewer_agreement": "reviewer/agreement",
+}
+GAIN_METRICS = ("accuracy", "sampled", "sc_delta")
+COST = ("tokens/constructor", "tokens/solver", "tokens/reviewer", "tokens/refine", "time/step")
+CURVES = ("solver/accuracy", "train/reward_mean", "reviewer/agreement")
+
+
+@dataclass
+class StudyRun:
+    arm: str
+    seed: int
+    tracking_uri: str
+    run_id: str
+
+
+def collect(runs: Sequence[StudyRun], suites: Sequence[str]) -> dict[str, Any]:
+    """Final metrics, cost per step and curves of every run, read from its store."""
+    from mlflow.tracking import MlflowClient
+
+    out: dict[str, Any] = {"runs": [], "suites": list(suites)}
+    for r in runs:
+        client = MlflowClient(r.tracking_uri)
+        logged = client.get_run(r.run_id).data.metrics
+        final = {f"{s}/{col}": logged[f"eval/{s}/{key}"] for s in suites for col, key in SUITE_METRICS.items()
+                 if f"eval/{s}/{key}" in logged}
+        cost, curves = {}, {}
+        if r.arm != BASELINE:
+            for key in COST:
+                h = metric_history(client, r.run_id, key)
+                cost[key] = sum(h.values()) / len(h) if h else 0.0
+            curves = {key: sorted(metric_history(client, r.run_id, key).items()) for key in CURVES}
+        out["runs"].append({"arm": r.arm, "seed": r.seed, "run_id": r.run_id, "tracking_uri": r.tracking_uri,
+                            "final": final, "cost": cost, "curves": curves})
+    return out
+
+
+def _by(data: dict[str, Any]) -> dict[tuple[str, int], dict[str, Any]]:
+    return {(r["arm"], r["seed"]): r for r in data["runs"]}
+
+
+def arms_of(data: dict[str, Any]) -> list[str]:
+    return list(dict.fromkeys(r["arm"] for r in data["runs"]))
+
+
+def seeds_of(data: dict[str, Any]) -> list[int]:
+    return sorted({r["seed"] for r in data["runs"]})
+
+
+def paired(data: dict[str, Any], arm: str, other: str, key: str) -> dict[str, Any] | None:
+    """arm - other on `key`, per seed, with the t-interval of those differences."""
+    by = _by(data)
+    diffs = [by[(arm, s)]["final"][key] - by[(other, s)]["final"][key] for s in seeds_of(data)
+             if (arm, s) in by and (other, s) in by and key in by[(arm, s)]["final"] and key in by[(other, s)]["final"]]
+    if not diffs:
+        return None
+    return {**t_interval(diffs), "values": diffs}
+
+
+def level(data: dict[str, Any], arm: str, key: str, table: str = "final") -> dict[str, Any] | None:
+    vals = [r[table][key] for r in data["runs"] if r["arm"] == arm and key in r[table]]
+    return {**t_interval(vals), "values": vals} if vals else None
+
+
+def verdict(stat: dict[str, Any] | None) -> str:
+    """above zero | below zero | includes zero, from the 95% interval."""
+    if not stat or stat["ci_low"] is None:
+        return "no interval"
+    if stat["ci_low"] > 0:
+        return "above zero"
+    if stat["ci_high"] < 0:
+        return "below zero"
+    return "includes zero"
+
+
+def summarise(data: dict[str, Any], comparisons: Sequence[tuple[str, str]]) -> dict[str, Any]:
+    """Levels, gains over the warm start and the named differences, as plain data (report JSON)."""
+    arms, suites = arms_of(data), data["suites"]
+    keys = [f"{s}/{c}" for s in suites for c in SUITE_METRICS]
+    levels = {a: {k: level(data, a, k) for k in keys} for a in arms}
+    gains = {a: {f"{s}/{c}": paired(data, a, BASELINE, f"{s}/{c}") for s in suites for c in GAIN_METRICS}
+             for a in arms if a != BASELINE}
+    diffs = {f"{a} - {b}": {f"{s}/{c}": paired(data, a, b, f"{s}/{c}") for s in suites for c in GAIN_METRICS}
+             for a, b in comparisons if a in arms and b in arms}
+    cost = {a: {k: level(data, a, k, "cost") for k in COST} for a in arms if a != BASELINE}
+    return {"levels": levels, "gains": gains, "differences": diffs, "cost": cost}
+
+
+def _table(header: Sequence[str], rows) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def markdown(data: dict[str, Any], summary: dict[str, Any], meta: dict[str, Any], figures: dict[str, str]) -> str:
+    arms, suites, seeds = arms_of(data), data["suites"], seeds_of(data)
+    L = ["# Does the embedded world teach? Each arm against its warm start, paired by seed", "",
+         f"Generated by `{meta['command']}` in {meta['minutes']:.0f} min on {meta['machine']}. "
+         f"{len(seeds)} seeds ({', '.join(map(str, seeds))}); each seed has its own warm start "
+         f"({meta['warmstart_steps']} likelihood steps), evaluated as it is (`warm_start`) and trained from with "
+         f"each reward mode for {meta['steps']} ALIVE steps. Suites: {', '.join(f'`{s}`' for s in suites)} "
+         f"({meta['eval_size']} problems each, fixed for every seed; greedy attempts unless noted). Every number is "
+         "read back from the runs' MLflow stores; cells are mean [95% t-interval across seeds].", ""]
+    L += ["## The answers", ""]
+    L += [line for line in meta.get("answers", [])]
+    L += ["", "## Gain over the warm start (paired by seed)", "",
+          "Per seed: trained minus that seed's warm start; mean [95% interval] of those differences, and whether "
+          "the interval lies above zero.", ""]
+    for s in suites:
+        L += [f"`{s}`:", ""]
+        rows = []
+        for a in arms:
+            if a == BASELINE:
+                continue
+            g = summary["gains"][a]
+            rows.append((a, *(f"{fmt(g.get(f'{s}/{c}'))} ({verdict(g.get(f'{s}/{c}'))})" for c in GAIN_METRICS)))
+        L += _table(["arm", *GAIN_METRICS], rows) + [""]
+    if summary["differences"]:
+        L += ["## Arms against each other (paired by seed)", ""]
+        for s in suites:
+            L += [f"`{s}`:", ""]
+            rows = [(name, *(f"{fmt(d.get(f'{s}/{c}'))} ({verdict(d.get(f'{s}/{c}'))})" for c in GAIN_METRICS))
+                    for name, d in summary["differences"].items()]
+            L += _table(["difference", *GAIN_METRICS], rows) + [""]
+    L += ["## Levels", "",
+          "`accuracy`: greedy pass@1; `sampled`: mean correctness of 4 samples at T=1; `pass@4`; SCoRe self-correction "
+          "(attempt 1, the model's own critique without the reference, attempt 2): `acc_t1`, `acc_t2`, "
+          "`sc_delta` = `i_to_c` - `c_to_i`; `critique_agreement`: those blind verdicts against the reference check; "
+          "`reviewer_agreement`: the reviewer with the reference on sampled solutions.", ""]
+    for s in suites:
+        L += [f"`{s}`:", ""]
+        L += _table(["arm", *SUITE_METRICS], [(a, *(fmt(summary["levels"][a].get(f"{s}/{c}")) for c in SUITE_METRICS))
+                                              for a in arms]) + [""]
+    L += ["## Compute each arm spent", "", "Mean per ALIVE step: generated tokens per role and seconds per step.", ""]
+    L += _table(["arm", *COST], [(a, *(fmt(summary["cost"][a].get(k), 1) for k in COST)) for a in arms if a != BASELINE])
+    for name, file in figures.items():
+        L += ["", f"![{name}]({file})"]
+    L += ["", "## Runs", ""]
+    L += _table(["arm", "seed", "run id", "store"],
+                [(r["arm"], str(r["seed"]), f"`{r['run_id']}`", f"`{Path(r['tracking_uri'].split(':///')[-1]).parent.name}`")
+                 for r in data["runs"]])
+    return "\n".join(L) + "\n"
+
+
+def plots(data: dict[str, Any], summary: dict[str, Any], out: Path) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms, suites = arms_of(data), data["suites"]
+    color = {a: plt.get_cmap("tab10")(i % 10) for i, a in enumerate(arms)}
+    figures = {}
+    trained = [a for a in arms if a != BASELINE]
+    fig, axes = plt.subplots(1, len(CURVES), figsize=(5 * len(CURVES), 3.6), squeeze=False)
+    for ax, key in zip(axes[0], CURVES):
+        for a in trained:
+            runs = [r["curves"].get(key, []) for r in data["runs"] if r["arm"] == a]
+            steps = sorted({s for h in runs for s, _ in h})
+            if not steps:
+                continue
+            per = [[v for h in runs for s2, v in h if s2 == s] for s in steps]
+            ax.plot(steps, [sum(v) / len(v) for v in per], color=color[a], label=a)
+            ax.fill_between(steps, [min(v) for v in per], [max(v) for v in per], color=color[a], alpha=0.15, lw=0)
+        ax.set(title=key, xlabel="ALIVE step")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle("training curves: mean across seeds, band = min to max")
+    fig.tight_layout()
+    fig.savefig(out / "learning_curves.png", dpi=110)
+    plt.close(fig)
+    figures["training curves"] = "learning_curves.png"
+    fig, axes = plt.subplots(1, len(suites), figsize=(4.5 * len(suites), 3.6), squeeze=False)
+    for ax, s in zip(axes[0], suites):
+        for i, a in enumerate(arms):
+            st = summary["levels"][a].get(f"{s}/accuracy")
+            if not st:
+                continue
+            err = None if st["ci_low"] is None else [[st["mean"] - st["ci_low"]], [st["ci_high"] - st["mean"]]]
+            ax.bar(i, st["mean"], 0.7, yerr=err, capsize=3, color=color[a], alpha=0.8)
+            ax.scatter([i] * len(st["values"]), st["values"], color="black", s=8, zorder=3)
+        ax.set_xticks(range(len(arms)), arms, rotation=30, fontsize=8)
+        ax.set(title=f"{s}: greedy accuracy", ylim=(0, 1))
+        ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(out / "learning_accuracy.png", dpi=110)
+    plt.close(fig)
+    figures["accuracy per arm (95% interval, seeds as dots)"] = "learning_accuracy.png"
+    return figures
+
+
+def write(data: dict[str, Any], comparisons: Sequence[tuple[str, str]], meta: dict[str, Any], out_md: Path) -> dict:
+    """docs/<name>.md, .json and the PNGs beside it; returns the summary."""
+    summary = summarise(data, comparisons)
+    meta = {**meta, "answers": answers(data, summary)}
+    out_md.parent.mkdir(parents=True, exist_ok=True)
+    figures = plots(data, summary, out_md.parent)
+    out_md.write_text(markdown(data, summary, meta, figures))
+    out_md.with_suffix(".json").write_text(json.dumps({"meta": meta, "data": data, "summary": summary}, indent=1) + "\n")
+    return summary
+
+
+def answers(data: dict[str, Any], summary: dict[str, Any]) -> list[str]:
+    """The paper's three questions (accuracy, generalization, self-correction), answered from the intervals."""
+    suites = data["suites"]
+    trained_on, others = suites[0], suites[1:]
+    lines = []
+    for a, g in summary["gains"].items():
+        acc = g.get(f"{trained_on}/accuracy")
+        gen = [f"`{s}` {fmt(g.get(f'{s}/accuracy'))} ({verdict(g.get(f'{s}/accuracy'))})" for s in others]
+        sc = g.get(f"{trained_on}/sc_delta")
+        lines.append(f"- **{a}**: accuracy on `{trained_on}` {fmt(acc)} ({verdict(acc)}); "
+                     f"suites it never trained on: {'; '.join(gen) or '-'}; "
+                     f"self-correction delta {fmt(sc)} ({verdict(sc)}).")
+    for name, d in summary["differences"].items():
+        st = d.get(f"{trained_on}/accuracy")
+        lines.append(f"- **{name}** on `{trained_on}` accuracy: {fmt(st)} ({verdict(st)}).")
+    return lines
