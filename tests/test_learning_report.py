@@ -22,25 +22,29 @@ def test_learning_report_reads_its_numbers_back_from_mlflow(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
     proc = subprocess.run(
-        [sys.executable, "scripts/learning_report.py", "--seeds", "0", "1", "--modes", "scalar", "--steps", "1",
-         "--eval-size", "4", "--jobs", "2", "--out", str(out), "--work", str(tmp_path / "work"),
+        [sys.executable, "scripts/learning_report.py", "--seeds", "0", "1", "--arms", "scalar", "sft", "--steps", "1",
+         "--eval-size", "4", "--jobs", "2", "--lr-choice", "none", "--out", str(out), "--work", str(tmp_path / "work"),
          "--data", str(tmp_path / "data"), *small],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = out.read_text()
-    assert "| warm_start | accuracy |" in text and "| scalar | gated_sc_delta |" in text
-    assert "**Verdict** (computed): scalar: accuracy" in text
-    assert out.with_suffix(".png").stat().st_size > 1000
+    assert "## Gain over the warm start (paired by seed)" in text and "**scalar - sft** on `math_heldout`" in text
+    for suite in ("math_heldout", "math_longer", "math_sub"):
+        assert f"`{suite}`:" in text
+    assert (tmp_path / "learning_curves.png").stat().st_size > 1000
     assert not (tmp_path / "data" / "warmstart").exists()  # warmstart.enabled=false is honoured
-    results = json.loads(out.with_suffix(".json").read_text())
-    for arm, steps in (("warm_start", 0), ("scalar", 1)):
-        for seed in (0, 1):
-            row = results[arm][str(seed)]
-            store = f"sqlite:///{tmp_path / 'work' / f'scalar-{seed}-{steps}' / 'mlflow.db'}"
-            run = MlflowClient(store).get_run(row["run_id"])
-            assert run.data.params["trainer.max_steps"] == str(steps)
-            assert row["accuracy"] == run.data.metrics["eval/math_heldout/accuracy"]
-            assert row["gated_sc_delta"] == run.data.metrics["eval/math_heldout/self_correction/gated_delta"]
+    report = json.loads(out.with_suffix(".json").read_text())
+    runs = {(r["arm"], r["seed"]): r for r in report["data"]["runs"]}
+    assert set(runs) == {(a, s) for a in ("warm_start", "scalar", "sft") for s in (0, 1)}
+    for (arm, seed), row in runs.items():
+        run = MlflowClient(row["tracking_uri"]).get_run(row["run_id"])
+        assert run.data.params["trainer.max_steps"] == str(0 if arm == "warm_start" else 1)
+        assert run.data.params["reward.mode"] == ("scalar" if arm == "warm_start" else arm)
+        assert row["final"]["math_heldout/accuracy"] == run.data.metrics["eval/math_heldout/accuracy"]
+    gain = report["summary"]["gains"]["scalar"]["math_heldout/accuracy"]
+    want = [runs[("scalar", s)]["final"]["math_heldout/accuracy"] - runs[("warm_start", s)]["final"]["math_heldout/accuracy"]
+            for s in (0, 1)]
+    assert gain["values"] == pytest.approx(want) and gain["n"] == 2
 
 
 @pytest.mark.slow

@@ -211,3 +211,21 @@ def test_merged_copy_matches_the_peft_forward(lm):
     assert not torch.allclose(view.model()(input_ids=ids).logits, want, atol=1e-3)  # stale until marked
     view.stale("solver")
     torch.testing.assert_close(view.model()(input_ids=ids).logits, want, atol=1e-5, rtol=1e-4)
+
+
+def test_skipping_zero_advantage_samples_leaves_the_gradient_unchanged(lm):
+    from alive_exp.losses import contributing
+
+    model = copy.deepcopy(lm).train()
+    samples = _samples(9)
+    for s in samples[::3]:
+        s.advantage, s.nll_weight = 0.0, 0.0  # a group all right or all wrong: no signal
+    total = sum(len(s.completion_ids) for s in samples)
+    full, _ = _grad(model, [samples[:4], samples[4:]], total)
+    kept = contributing(samples, kl_coef=0.0)
+    signal = [s for s in samples if s.advantage or s.nll_weight]
+    assert len(kept) == len(signal) < len(samples) and [len(s.prompt_ids) + len(s.completion_ids) for s in kept] == sorted(
+        (len(s.prompt_ids) + len(s.completion_ids) for s in kept), reverse=True)
+    fast, _ = _grad(model, [kept[:3], kept[3:]], total)
+    torch.testing.assert_close(fast, full, atol=1e-6, rtol=1e-4)
+    assert len(contributing(samples, kl_coef=0.1)) == 9  # a KL term gives every sample a gradient

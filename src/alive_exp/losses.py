@@ -82,6 +82,17 @@ class Sample:
     kind: str = "pg"  # pg | oracle | distill | fcp (for logging)
 
 
+def contributing(samples: list[Sample], kl_coef: float) -> list[Sample]:
+    """The samples whose loss is not identically zero, longest first (micro-batches of similar lengths pad little).
+
+    A policy-gradient sample with advantage 0 and no likelihood weight (a GRPO group all right or all wrong)
+    adds nothing to the loss or its gradient unless a KL term is on; skipping its forward and backward leaves
+    the gradient unchanged, because `role_loss` normalises by the role's total tokens, which still count it.
+    """
+    keep = [s for s in samples if s.advantage != 0.0 or s.nll_weight != 0.0 or kl_coef > 0]
+    return sorted(keep, key=lambda s: len(s.prompt_ids) + len(s.completion_ids), reverse=True)
+
+
 def _batch(samples: list[Sample], pad_id: int, device: torch.device):
     seqs = [s.prompt_ids + s.completion_ids for s in samples]
     width = max(len(x) for x in seqs)

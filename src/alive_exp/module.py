@@ -24,7 +24,7 @@ import torch
 from alive_exp import metrics as M
 from alive_exp.alive import AliveStep
 from alive_exp.distributed import sync_gradients
-from alive_exp.losses import Sample, reference_logprobs, role_loss
+from alive_exp.losses import Sample, contributing, reference_logprobs, role_loss
 from alive_exp.models import adapter_parameters, role_adapter
 from alive_exp.roles import ROLES
 
@@ -153,8 +153,9 @@ class AliveModule(pl.LightningModule):
             for role in roles:
                 batch = samples.get(role, [])
                 weight = self.cfg.trainer.optim[role].loss_weight
-                total = sum(len(x.completion_ids) for x in batch)
-                st = {"loss": 0.0, "kl": 0.0, "nll": 0.0}
+                total = sum(len(x.completion_ids) for x in batch)  # the normaliser counts every sample
+                batch = contributing(batch, self.cfg.reward.kl_coef)
+                st = {"loss": 0.0, "kl": 0.0, "nll": 0.0, "trained": float(len(batch))}
                 if batch:
                     self.use_adapter(role)
                     for i in range(0, len(batch), mb):
@@ -192,6 +193,9 @@ class AliveModule(pl.LightningModule):
         m["train/tasks"] = float(len(attempts))
         for role in ROLES:
             m[f"{role}/loss"] = losses.get(role, {}).get("loss", 0.0)
+            # samples trained on (forward and backward) of the role's samples: zero-advantage ones are skipped
+            m[f"update/{role}/trained_samples"] = losses.get(role, {}).get("trained", 0.0)
+            m[f"update/{role}/samples"] = float(len(samples.get(role, [])))
         m["solver/reward_mean"] = m["train/reward_mean"]
         m["solver/accuracy"] = M.mean([float(a.correct) for a in flat])
         m["solver/nll_targets"] = float(sum(1 for s in samples["solver"] if s.nll_weight > 0))
