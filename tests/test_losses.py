@@ -229,3 +229,15 @@ def test_skipping_zero_advantage_samples_leaves_the_gradient_unchanged(lm):
     fast, _ = _grad(model, [kept[:3], kept[3:]], total)
     torch.testing.assert_close(fast, full, atol=1e-6, rtol=1e-4)
     assert len(contributing(samples, kl_coef=0.1)) == 9  # a KL term gives every sample a gradient
+
+
+def test_the_learner_scores_at_the_sampling_temperature():
+    """role_loss at temperature T is the loss of the policy softmax(logits / T), the one the sampler drew from."""
+    model = Bigram(seed=4)
+    s = [Sample("solver", [1, 2], [3, 4, 5], advantage=0.7, nll_weight=0.3)]
+    loss, info = role_loss(model, s, pad_id=PAD, clip_eps=0.2, kl_coef=0.0, total_tokens=3, temperature=0.5)
+    logp = torch.log_softmax(model.table / 0.5, -1)
+    want = -float(logp[2, 3] + logp[3, 4] + logp[4, 5]) / 3
+    assert info["nll"] == pytest.approx(want, rel=1e-5)
+    plain, _ = role_loss(model, s, pad_id=PAD, clip_eps=0.2, kl_coef=0.0, total_tokens=3)
+    assert float(plain) != pytest.approx(float(loss))

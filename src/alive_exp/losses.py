@@ -106,19 +106,23 @@ def _batch(samples: list[Sample], pad_id: int, device: torch.device):
     return ids.to(device), attn.to(device), mask.to(device)
 
 
-def token_logprobs(model, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
-    """log p(token_t | tokens_<t) for every position (position 0 gets 0)."""
+def token_logprobs(model, ids: torch.Tensor, attn: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log p(token_t | tokens_<t) for every position (position 0 gets 0), under softmax(logits / temperature):
+    the distribution the sampler drew from, so the policy gradient scores what the policy sampled."""
     logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
+    if temperature != 1.0:
+        logits = logits / temperature
     logp = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
     return torch.nn.functional.pad(logp, (1, 0))
 
 
 def role_loss(model, samples: list[Sample], *, pad_id: int, clip_eps: float, kl_coef: float,
-              total_tokens: int, reference_logps: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+              total_tokens: int, reference_logps: torch.Tensor | None = None,
+              temperature: float = 1.0) -> tuple[torch.Tensor, dict]:
     """Loss of one micro-batch, normalised by the role's total completion tokens in the step."""
     device = next(model.parameters()).device
     ids, attn, mask = _batch(samples, pad_id, device)
-    logp = token_logprobs(model, ids, attn)
+    logp = token_logprobs(model, ids, attn, temperature)
     adv = torch.tensor([s.advantage for s in samples], device=device).unsqueeze(1)
     w = torch.tensor([s.nll_weight for s in samples], device=device).unsqueeze(1)
     # one update per rollout: old log-probs equal the current ones, so the ratio is 1 with a live gradient
@@ -139,9 +143,10 @@ def role_loss(model, samples: list[Sample], *, pad_id: int, clip_eps: float, kl_
 
 
 @torch.no_grad()
-def reference_logprobs(model, samples: list[Sample], pad_id: int, disable_adapters) -> torch.Tensor:
+def reference_logprobs(model, samples: list[Sample], pad_id: int, disable_adapters,
+                       temperature: float = 1.0) -> torch.Tensor:
     """Log-probs under the reference policy: the base model with every adapter disabled."""
     device = next(model.parameters()).device
     ids, attn, _ = _batch(samples, pad_id, device)
     with disable_adapters():
-        return token_logprobs(model, ids, attn)
+        return token_logprobs(model, ids, attn, temperature)

@@ -144,6 +144,8 @@ class AliveModule(pl.LightningModule):
         opts = opts if isinstance(opts, list) else [opts]
         stats: dict[str, dict[str, float]] = {}
         mb = self.cfg.trainer.micro_batch_size
+        # the learner scores tokens under the distribution rollouts sampled from: logits / sampling temperature
+        temp = self.cfg.trainer.generation.temperature or 1.0
         for (adapter, roles), opt in zip(self.groups, opts):
             oc = self.group_optim(roles)
             for group in opt.param_groups:
@@ -162,10 +164,11 @@ class AliveModule(pl.LightningModule):
                         chunk = batch[i:i + mb]
                         ref = None
                         if self.cfg.reward.kl_coef > 0 and adapter is not None:
-                            ref = reference_logprobs(self.model, chunk, self.tokenizer.pad_token_id, self.disable_adapters)
+                            ref = reference_logprobs(self.model, chunk, self.tokenizer.pad_token_id, self.disable_adapters,
+                                                     temp)
                         loss, info = role_loss(self.model, chunk, pad_id=self.tokenizer.pad_token_id,
                                                clip_eps=self.cfg.reward.clip_eps, kl_coef=self.cfg.reward.kl_coef,
-                                               total_tokens=total, reference_logps=ref)
+                                               total_tokens=total, reference_logps=ref, temperature=temp)
                         self.manual_backward(weight * loss)
                         frac = len(chunk) / len(batch)
                         st["loss"] += float(loss.detach())
