@@ -191,6 +191,7 @@ class WarmstartConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     warmup_steps: int = 30
+    cosine_steps: Optional[int] = None  # the cosine schedule's horizon (null: `steps`, annealed to zero)
     max_minutes: float = 6.0
     train_docs: int = 20000
     eval_size: int = 200

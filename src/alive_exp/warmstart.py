@@ -197,8 +197,11 @@ def _train_warmstart(cfg: DictConfig, out: Path, progress: bool) -> None:
     gen = Generator(model, tok, batch_size=128)
     stream = Transcripts(domain, templates, domain.documents("train", w.train_docs, seed), dict(w.mix), seed)
     opt = torch.optim.AdamW(model.parameters(), lr=w.lr, weight_decay=w.weight_decay, betas=(0.9, 0.99))
+    # a cosine horizon past the last step leaves the model in motion, not annealed into a minimum that the
+    # first RL steps knock it out of (measured: docs/learning_investigation.md, round 3)
+    horizon = max(int(w.cosine_steps or w.steps), 1)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / w.warmup_steps) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / w.steps))))
+        opt, lambda s: min(1.0, (s + 1) / w.warmup_steps) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / horizon))))
     model.train()
     start, losses = time.perf_counter(), []
     bar = _progress(progress, w.steps)
