@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -106,7 +107,7 @@ def main() -> None:
             print(f"done: {arm} seed {seed} ({(time.perf_counter() - start) / 60:.1f} min)", flush=True)
     suites = list(cfg.benchmark.eval_suites)
     data = study.collect(runs, suites)
-    command = " ".join(["python scripts/learning_report.py", *(os.sys.argv[1:])])
+    command = " ".join(["python scripts/learning_report.py", *sys.argv[1:]])
     meta = {"command": command, "minutes": (time.perf_counter() - start) / 60, "steps": args.steps,
             "eval_size": args.eval_size, "warmstart_steps": int(cfg.warmstart.steps), "learning_rates": lrs,
             "machine": f"{os.cpu_count()} cores ({platform.machine()}), {args.jobs} runs at a time, "

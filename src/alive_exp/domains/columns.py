@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 QUESTION = re.compile(r"^Question: (\d+) ([+-]) (\d+)$")
@@ -166,8 +167,8 @@ def column_error(i: int, op: str, want: list[Column], got: Written | None) -> st
     return f"{place}: wrong terms."
 
 
-def check_working(task_prompt: str, completion: str) -> tuple[str | None, int | None]:
-    """(first error in words or None, the answer when the working is a whole, right solution).
+def first_error(task_prompt: str, completion: str) -> str | None:
+    """The first error of the working in words, or None when every column it writes is right.
 
     The working is the prompt's complete column lines followed by the completion's, checked column by column
     against the question. A whole problem (prompt = the question alone) must work every column; a task that
@@ -175,7 +176,7 @@ def check_working(task_prompt: str, completion: str) -> tuple[str | None, int | 
     """
     q = parse_question(task_prompt)
     if q is None:
-        return None, None
+        return None
     a, op, b = q
     want = columns(a, op, b)
     prompt_lines = task_prompt.splitlines()[1:]
@@ -186,10 +187,10 @@ def check_working(task_prompt: str, completion: str) -> tuple[str | None, int | 
     for i in range(len(want) if whole else min(len(want), max(len(written), 1))):
         err = column_error(i, op, want, written[i] if i < len(written) else None)
         if err:
-            return err, None
+            return err
     if len(written) > len(want):
-        return "The working has more lines than the numbers have columns.", None
-    return None, answer(a, op, b)
+        return "The working has more lines than the numbers have columns."
+    return None
 
 
 def critique_text(task_prompt: str, completion: str, final: str | None, ok: bool, masked_kind: str) -> tuple[str, bool]:
@@ -199,7 +200,7 @@ def critique_text(task_prompt: str, completion: str, final: str | None, ok: bool
     """
     if final is None:
         return "No 'Answer:' line.", False
-    error, _ = check_working(task_prompt, completion)
+    error = first_error(task_prompt, completion)
     if error:
         return error, False
     if ok:
@@ -255,8 +256,10 @@ def faulty_working(a: int, op: str, b: int, at: int, fault: str, delta: int) -> 
     return lines, text
 
 
-def corrupt(task_prompt: str, solution: str, rng: random.Random) -> str | None:
-    """A deliberately wrong solution of a column task (reviewer and refiner warm-up): one realistic slip."""
+def corrupt(task_prompt: str, solution: str, rng: random.Random, answer_of: Callable[[str], str | None]) -> str | None:
+    """A deliberately wrong solution of a column task (reviewer and refiner warm-up): one realistic slip.
+
+    `answer_of` reads a solution's final answer (the domain's parser)."""
     q = parse_question(task_prompt)
     if q is None:
         return None
@@ -281,11 +284,6 @@ def corrupt(task_prompt: str, solution: str, rng: random.Random) -> str | None:
             w = parse_line(line)
             hidden = ("1" if w.flag else "0") if re.search(r" [cb]\[MASK\]$", mask_line) else str(w.total)
             wrong = f"{line}\nAnswer: {hidden}"
-        if final_answer(wrong) != final_answer(solution):  # a slip the answer shows, never a lucky one
+        if answer_of(wrong) != answer_of(solution):  # a slip the answer shows, never a lucky one
             return wrong
     return None
-
-
-def final_answer(text: str) -> str | None:
-    lines = [ln for ln in text.splitlines() if ln.startswith("Answer:")]
-    return lines[-1][len("Answer:"):].strip() if lines else None

@@ -160,7 +160,7 @@ class MathDomain(Domain):
         for op in col.OPERATIONS.values():
             for d in self._columns(300, 0, "train", [op], (1, 4)):
                 task = self.make_task(d, *self.candidate_spans(d)[-1])
-                wrong = col.corrupt(task.prompt, self.solution_text(task), rng) or ""
+                wrong = col.corrupt(task.prompt, self.solution_text(task), rng, self.extract_answer) or ""
                 texts += [d.text, wrong, self.critique(task, wrong).text,
                           self.critique(task, self.solution_text(task), blind=True).text]
         return texts
@@ -305,7 +305,7 @@ class MathDomain(Domain):
     def corrupt(self, task: Task, solution: str, rng) -> str | None:
         """A realistic slip: one step's result is off, and every later step carries the wrong value on."""
         if col.parse_question(task.prompt) is not None:
-            return col.corrupt(task.prompt, solution, rng)
+            return col.corrupt(task.prompt, solution, rng, self.extract_answer)
         lines = solution.splitlines()
         steps = [i for i, ln in enumerate(lines) if _STEP.search(ln)]
         if not steps:
