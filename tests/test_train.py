@@ -132,3 +132,37 @@ def test_warm_start_overrunning_its_time_budget_fails_and_caches_nothing(small_c
     with pytest.raises(RuntimeError, match="max_minutes"):
         _warm(small_cfg, tmp_path, "warmstart.max_minutes=0.00001")
     assert not [p for p in (tmp_path / "warmstart").iterdir() if p.is_dir()]
+
+
+def test_profile_switch_writes_operator_tables_per_phase_and_times_each_role(small_cfg):
+    cfg = small_cfg("trainer.max_steps=3", "trainer.profile=true", "trainer.profile_steps=1", "trainer.eval_at_end=false",
+                    "trainer.checkpoint_every=0", "reward=verbal")
+    final = run(cfg)
+    client, r = only_run(cfg.paths.root_dir)
+    tables = {a.path for a in client.list_artifacts(r.info.run_id, "profile")}
+    # step 0 (first generate at each shape) is never profiled; step 1 is, one table per phase
+    assert tables == {f"profile/step1_{p}.txt" for p in ("construct", "solve", "review", "refine", "samples", "update")}
+    text = open(client.download_artifacts(r.info.run_id, "profile/step1_solve.txt", cfg.paths.root_dir)).read()
+    assert "aten::" in text and "Self CPU" in text, text
+    for key in ("time/samples", "time/update", "time/update/solver", "time/update/reviewer", "time/solve_share"):
+        assert [m.step for m in client.get_metric_history(r.info.run_id, key)] == [1, 2, 3], key
+    # (the last step is not profiled: a profiled step also pays for writing its tables)
+    # the roles' update times are parts of the update phase, and phases are parts of the step
+    assert final["time/update/solver"] + final["time/update/reviewer"] <= final["time/update"] + 1e-6
+    shares = sum(final[f"time/{p}_share"] for p in ("construct", "solve", "review", "refine", "samples", "update"))
+    assert 0.5 < shares <= 1.0 + 1e-6
+
+
+def test_warm_start_stops_at_the_first_check_reaching_its_validation_accuracy(small_cfg, tmp_path):
+    # stop_accuracy 0 is reached at the first check: the build stops there and records the check
+    path, _ = _warm(small_cfg, tmp_path, "warmstart.steps=12", "warmstart.stop_accuracy=0.0", "warmstart.check_from=6",
+                    "warmstart.check_every=3", "warmstart.check_size=4")
+    metrics = json.loads((path / "metrics.json").read_text())
+    assert metrics["steps"] == 6 and [c["step"] for c in metrics["validation_checks"]] == [6]
+    # an accuracy above 1 is never reached: every step runs, every check is recorded
+    path, _ = _warm(small_cfg, tmp_path, "warmstart.steps=12", "warmstart.stop_accuracy=1.01", "warmstart.check_from=6",
+                    "warmstart.check_every=3", "warmstart.check_size=4")
+    metrics = json.loads((path / "metrics.json").read_text())
+    assert metrics["steps"] == 12 and [c["step"] for c in metrics["validation_checks"]] == [6, 9, 12]
+    with pytest.raises(ValueError, match="validation suite"):
+        _warm(small_cfg, tmp_path, "warmstart.stop_accuracy=0.3", "benchmark.options.sources=[basic_arithmetic]")

@@ -130,6 +130,8 @@ class TrainerConfig:
     log_transcripts_every: int = 10
     transcripts_per_phase: int = 4
     progress_bar: bool = True
+    profile: bool = False  # torch profiler tables of the top operations per phase, for steps 1..profile_steps
+    profile_steps: int = 2
 
 
 @dataclass
@@ -193,6 +195,10 @@ class WarmstartConfig:
     warmup_steps: int = 30
     cosine_steps: Optional[int] = None  # the cosine schedule's horizon (null: `steps`, annealed to zero)
     max_minutes: float = 6.0
+    stop_accuracy: Optional[float] = None  # stop at the first check where validation accuracy reaches it
+    check_every: int = 5
+    check_from: int = 100
+    check_size: int = 100
     train_docs: int = 20000
     eval_size: int = 200
     seed: int = 0

@@ -142,11 +142,12 @@ def role_loss(model, samples: list[Sample], *, pad_id: int, clip_eps: float, kl_
     return loss, {"kl": float(kl.detach()), "nll": float(nll.detach()), "tokens": float(mask.sum())}
 
 
-@torch.no_grad()
 def reference_logprobs(model, samples: list[Sample], pad_id: int, disable_adapters,
                        temperature: float = 1.0) -> torch.Tensor:
-    """Log-probs under the reference policy: the base model with every adapter disabled."""
+    """Log-probs under the reference policy: the base model with every adapter disabled, in inference mode
+    (no autograd bookkeeping at all); the result is cloned out of inference mode to enter the loss."""
     device = next(model.parameters()).device
     ids, attn, _ = _batch(samples, pad_id, device)
-    with disable_adapters():
-        return token_logprobs(model, ids, attn, temperature)
+    with torch.inference_mode(), disable_adapters():
+        logp = token_logprobs(model, ids, attn, temperature)
+    return logp.clone()

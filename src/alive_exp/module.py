@@ -15,6 +15,7 @@ import math
 import random
 import time
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,18 +33,47 @@ log = logging.getLogger(__name__)
 
 
 class PhaseTimer:
-    """Named wall-clock timers, one per phase, read and reset every step."""
+    """Named wall-clock timers, one per phase, read and reset every step.
+
+    With `profile_to` set (a folder), each outermost phase also runs under the torch profiler and writes a
+    table of its top operations (`step<k>_<phase>.txt`); nested timers (`update/<role>`) only time."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
+        self.profile_to: Path | None = None
+        self.step = 0
+        self._depth = 0
 
     @contextlib.contextmanager
     def __call__(self, phase: str):
+        profiler = self._profiler() if self.profile_to is not None and self._depth == 0 else None
+        self._depth += 1
         start = time.perf_counter()
         try:
-            yield
+            if profiler is None:
+                yield
+            else:
+                with profiler:
+                    yield
         finally:
             self.seconds[phase] += time.perf_counter() - start
+            self._depth -= 1
+            if profiler is not None:
+                self._write(profiler, phase)
+
+    @staticmethod
+    def _profiler():
+        acts = [torch.profiler.ProfilerActivity.CPU]
+        if torch.cuda.is_available():
+            acts.append(torch.profiler.ProfilerActivity.CUDA)
+        return torch.profiler.profile(activities=acts)
+
+    def _write(self, profiler, phase: str) -> None:
+        sort = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+        table = profiler.key_averages().table(sort_by=sort, row_limit=25)
+        self.profile_to.mkdir(parents=True, exist_ok=True)
+        (self.profile_to / f"step{self.step}_{phase.replace('/', '_')}.txt").write_text(
+            f"{phase} at ALIVE step {self.step}: {self.seconds[phase]:.3f} s wall\n{table}")
 
     def pop(self) -> dict[str, float]:
         out, self.seconds = dict(self.seconds), defaultdict(float)
@@ -73,6 +103,7 @@ class AliveModule(pl.LightningModule):
         self.cfg, self.model, self.tokenizer, self.domain, self.corpus = cfg, model, tokenizer, domain, corpus
         self.generator, self.evaluator = generator, evaluator
         self.timer = PhaseTimer()
+        self.profile_root = Path(cfg.paths.output_dir) / "profile"  # train.run points it into the run's folder
         self.step_impl = AliveStep(cfg=cfg, domain=domain, generator=generator, templates=templates,
                                    reward_mode=reward_mode, oracle=oracle, timer=self.timer,
                                    use_adapter=self.use_adapter)
@@ -116,6 +147,8 @@ class AliveModule(pl.LightningModule):
         step, s = self.alive_step, self.step_impl
         t0 = time.perf_counter()
         docs = self.corpus.for_step(step)
+        self.timer.step = step
+        self.timer.profile_to = self.profile_dir(step)
         with self.timer("construct"):
             proposals, tasks = s.construct(docs, step)
         with self.timer("solve"):
@@ -124,12 +157,18 @@ class AliveModule(pl.LightningModule):
             warmup = s.review(attempts, step)
         with self.timer("refine"):
             s.refine(attempts, step)
-        with self.timer("update"):
+        with self.timer("samples"):
             samples = s.samples(proposals, attempts, warmup)
+        with self.timer("update"):
             losses = self.learn(samples)
+        self.timer.profile_to = None
         metrics = self.step_metrics(proposals, attempts, samples, losses, warmup)
-        metrics.update({f"time/{k}": v for k, v in self.timer.pop().items()})
+        seconds = self.timer.pop()
         metrics["time/step"] = time.perf_counter() - t0
+        metrics.update({f"time/{k}": v for k, v in seconds.items()})
+        # where the step's time goes, as shares of the step (phases only: update/<role> is inside update)
+        metrics.update({f"time/{k}_share": v / max(metrics["time/step"], 1e-9) for k, v in seconds.items()
+                        if "/" not in k})
         self.alive_step += 1
         if self.evaluator is not None and self.cfg.trainer.eval_every and self.alive_step % self.cfg.trainer.eval_every == 0:
             metrics.update(self.evaluator(self))
@@ -153,37 +192,51 @@ class AliveModule(pl.LightningModule):
             opt.zero_grad(set_to_none=True)
             stepped = False
             for role in roles:
-                batch = samples.get(role, [])
-                weight = self.cfg.trainer.optim[role].loss_weight
-                total = sum(len(x.completion_ids) for x in batch)  # the normaliser counts every sample
-                batch = contributing(batch, self.cfg.reward.kl_coef)
-                st = {"loss": 0.0, "kl": 0.0, "nll": 0.0, "trained": float(len(batch))}
-                if batch:
-                    self.use_adapter(role)
-                    for i in range(0, len(batch), mb):
-                        chunk = batch[i:i + mb]
-                        ref = None
-                        if self.cfg.reward.kl_coef > 0 and adapter is not None:
-                            ref = reference_logprobs(self.model, chunk, self.tokenizer.pad_token_id, self.disable_adapters,
-                                                     temp)
-                        loss, info = role_loss(self.model, chunk, pad_id=self.tokenizer.pad_token_id,
-                                               clip_eps=self.cfg.reward.clip_eps, kl_coef=self.cfg.reward.kl_coef,
-                                               total_tokens=total, reference_logps=ref, temperature=temp)
-                        self.manual_backward(weight * loss)
-                        frac = len(chunk) / len(batch)
-                        st["loss"] += float(loss.detach())
-                        st["kl"] += info["kl"] * frac
-                        st["nll"] += info["nll"] * frac
-                    stepped = True
-                stats[role] = st
+                with self.timer(f"update/{role}"):
+                    stats[role] = self._backward(role, samples.get(role, []), adapter, mb, temp)
+                stepped = stepped or stats[role]["trained"] > 0
             stepped = sync_gradients(self.trainer.strategy, opt, stepped)  # DDP: mean over ranks, same decision
             if stepped:
-                if oc.grad_clip and oc.grad_clip > 0:
-                    self.clip_gradients(opt, gradient_clip_val=oc.grad_clip, gradient_clip_algorithm="norm")
-                opt.step()
+                # the optimizer step is timed with the group's (first) role
+                with self.timer(f"update/{roles[0]}"):
+                    if oc.grad_clip and oc.grad_clip > 0:
+                        self.clip_gradients(opt, gradient_clip_val=oc.grad_clip, gradient_clip_algorithm="norm")
+                    opt.step()
                 if self.generator.merged is not None:
                     self.generator.merged.stale(adapter)
         return stats
+
+    def _backward(self, role: str, batch: list[Sample], adapter: str | None, mb: int, temp: float) -> dict[str, float]:
+        """Accumulate one role's gradient over its contributing samples, in micro-batches of similar lengths."""
+        weight = self.cfg.trainer.optim[role].loss_weight
+        total = sum(len(x.completion_ids) for x in batch)  # the normaliser counts every sample
+        batch = contributing(batch, self.cfg.reward.kl_coef)
+        st = {"loss": 0.0, "kl": 0.0, "nll": 0.0, "trained": float(len(batch))}
+        if not batch:
+            return st
+        self.use_adapter(role)
+        for i in range(0, len(batch), mb):
+            chunk = batch[i:i + mb]
+            ref = None
+            if self.cfg.reward.kl_coef > 0 and adapter is not None:
+                ref = reference_logprobs(self.model, chunk, self.tokenizer.pad_token_id, self.disable_adapters, temp)
+            loss, info = role_loss(self.model, chunk, pad_id=self.tokenizer.pad_token_id,
+                                   clip_eps=self.cfg.reward.clip_eps, kl_coef=self.cfg.reward.kl_coef,
+                                   total_tokens=total, reference_logps=ref, temperature=temp)
+            self.manual_backward(weight * loss)
+            frac = len(chunk) / len(batch)
+            st["loss"] += float(loss.detach())
+            st["kl"] += info["kl"] * frac
+            st["nll"] += info["nll"] * frac
+        return st
+
+    def profile_dir(self, step: int) -> Path | None:
+        """Where this step's profiler tables go (`trainer.profile`), or None: the first profiled steps skip
+        step 0, whose first generate at each shape is slow for reasons that are not the step's."""
+        k = int(self.cfg.trainer.profile_steps) if self.cfg.trainer.profile else 0
+        if not 1 <= step <= k:
+            return None
+        return self.profile_root
 
     # -- metrics and transcripts -------------------------------------------------------------------
     def step_metrics(self, proposals, attempts, samples, losses, warmup) -> dict[str, float]:

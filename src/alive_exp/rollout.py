@@ -54,6 +54,7 @@ class Generator:
         self.static_cache = static_cache
         self.synced_gpus = synced_gpus
         self.eos_ids = self._eos_ids()
+        self._prompt_ids: dict[str, list[int]] = {}  # prompts seen this step: encoded once, reused by the learner
 
     def _eos_ids(self) -> list[int]:
         ids = {self.tokenizer.eos_token_id}
@@ -67,7 +68,14 @@ class Generator:
         )
 
     def encode_prompt(self, prompt: str) -> list[int]:
-        return self.tokenizer(self.chat(prompt), add_special_tokens=False)["input_ids"]
+        """Token ids of a chat-formatted prompt, memoised: rollout encodes a prompt once for N samples, and the
+        learner's likelihood targets (distillation, FCP, oracle critiques) reuse the same prompts."""
+        ids = self._prompt_ids.get(prompt)
+        if ids is None:
+            if len(self._prompt_ids) >= 16_384:  # bounded: prompts are mostly new every step
+                self._prompt_ids.clear()
+            ids = self._prompt_ids[prompt] = self.tokenizer(self.chat(prompt), add_special_tokens=False)["input_ids"]
+        return list(ids)
 
     def encode_completion(self, text: str) -> list[int]:
         """Token ids of a target completion (for likelihood targets), ending in end-of-turn."""
@@ -100,7 +108,7 @@ class Generator:
 
     def _generate_batch(self, model, prompts: list[str], max_new_tokens: int, temperature: float,
                         top_p: float) -> list[Completion]:
-        ids = [self.encode_prompt(p) for p in prompts]
+        ids = [self.encode_prompt(p) for p in prompts]  # n samples of one prompt share one encoding
         width = max(len(x) for x in ids)
         pad = self.tokenizer.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids])

@@ -134,6 +134,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     # other ranks get the checkpoint rank 0 chose, so all start from the same one
     strategy = distributed.make_strategy(cfg, child_overrides=[f'resume="{ckpt}"' if ckpt else "resume=null"])
     module = build(cfg)
+    module.profile_root = out / "profile"
     module.generator.synced_gpus = distributed.is_sharded(strategy)
     logger, parent, sweep_dir = False, None, None
     if zero:
@@ -178,6 +179,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if trainer.is_global_zero:
             save_policy(module, out / "policy")
             logger.experiment.log_dict(logger.run_id, final, "final_metrics.json")
+            if module.profile_root.is_dir():  # trainer.profile: the per-phase operator tables
+                logger.experiment.log_artifacts(logger.run_id, str(module.profile_root), artifact_path="profile")
             logger.finalize("success")
             write_run_info(out / "checkpoints", finished=True)
     final["mlflow_run_id"] = module.mlflow_run_id
