@@ -85,8 +85,10 @@ HELDOUT_BUCKETS = range(0, 10)  # 10% of problems: every held-out and generaliza
 VALIDATION_BUCKETS = range(10, 15)  # 5%: what learning rates and sweeps are chosen on
 
 
-def problems(rng: random.Random, n: int, op: str, digits: tuple[int, int], split: str) -> list[tuple[int, int]]:
-    """n problems `a op b` with operands of `digits` (min, max) digits, drawn from one split's buckets."""
+def problems(rng: random.Random, n: int, op: str, digits: tuple[int, int], split: str,
+             longest: int | None = None) -> list[tuple[int, int]]:
+    """n problems `a op b` with operands of `digits` (min, max) digits, drawn from one split's buckets;
+    with `longest`, the longer operand has exactly that many digits (a suite one column longer than training)."""
     lo, hi = digits
     wanted = {"heldout": HELDOUT_BUCKETS, "validation": VALIDATION_BUCKETS}.get(split)
     out: list[tuple[int, int]] = []
@@ -96,6 +98,8 @@ def problems(rng: random.Random, n: int, op: str, digits: tuple[int, int], split
         if tries > 1000 * n + 10000:
             raise ValueError(f"column_arithmetic: could not draw {n} {split} problems with digits {digits}")
         da, db = rng.randint(lo, hi), rng.randint(lo, hi)
+        if longest is not None and max(da, db) != longest:
+            continue
         a, b = rng.randint(10 ** (da - 1), 10 ** da - 1), rng.randint(10 ** (db - 1), 10 ** db - 1)
         if op == "-" and a < b:
             a, b = b, a

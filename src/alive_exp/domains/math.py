@@ -139,14 +139,14 @@ class MathDomain(Domain):
             raise ValueError(f"column_arithmetic.operations must be a non-empty subset of {list(col.OPERATIONS)}, got {ops}")
         return {"digits": (int(digits[0]), int(digits[1])), "operations": [col.OPERATIONS[o] for o in ops]}
 
-    def _columns(self, n: int, seed: int, split: str, ops=None, digits=None) -> list[Document]:
+    def _columns(self, n: int, seed: int, split: str, ops=None, digits=None, longest=None) -> list[Document]:
         """Column-arithmetic documents of one split (train | heldout | validation); operations alternate."""
         import random
 
         ops, digits = ops or self.columns["operations"], digits or self.columns["digits"]
-        rng = random.Random(f"columns-{split}-{seed}-{''.join(ops)}-{digits}")
+        rng = random.Random(f"columns-{split}-{seed}-{''.join(ops)}-{digits}" + (f"-{longest}" if longest else ""))
         per_op = [n // len(ops) + (i < n % len(ops)) for i in range(len(ops))]
-        pairs = [(a, op, b) for op, k in zip(ops, per_op) for a, b in col.problems(rng, k, op, digits, split)]
+        pairs = [(a, op, b) for op, k in zip(ops, per_op) for a, b in col.problems(rng, k, op, digits, split, longest)]
         if split == "train":
             rng.shuffle(pairs)
         return [Document(id=f"columns-{split}-{a}{op}{b}", text=col.document_text(a, op, b), domain=self.name,
@@ -282,8 +282,9 @@ class MathDomain(Domain):
             return "step"
         return "carry" if text[start - 2:start] in (" c", " b") else "column"
 
-    def _column_suite(self, size: int, split: str, ops: list[str], digits: tuple[int, int]) -> list[Task]:
-        docs = self._columns(size, 0, split, ops, digits)
+    def _column_suite(self, size: int, split: str, ops: list[str], digits: tuple[int, int],
+                      longest: int | None = None) -> list[Task]:
+        docs = self._columns(size, 0, split, ops, digits, longest)
         return [self.make_task(d, *self.candidate_spans(d)[-1]) for d in docs]
 
     # -- solver ---------------------------------------------------------------------------------
@@ -380,8 +381,9 @@ class MathDomain(Domain):
             lo, hi = self.columns["digits"]
             trained = self.columns["operations"]
             suites["math_validation"] = lambda size, seed: self._column_suite(size, "validation", trained, (lo, hi))
-            # never trained on: operands one digit longer, and the other operation (the cross-domain analogue)
-            suites["math_longer"] = lambda size, seed: self._column_suite(size, "heldout", trained, (lo + 1, hi + 1))
+            # never trained on: the longer operand one digit longer than any trained (one more column), and the
+            # other operation (the cross-domain analogue)
+            suites["math_longer"] = lambda size, seed: self._column_suite(size, "heldout", trained, (lo, hi + 1), hi + 1)
             for name, op in col.OPERATIONS.items():
                 if op not in trained:
                     suites[f"math_{name}"] = lambda size, seed, _op=op: self._column_suite(size, "heldout", [_op], (lo, hi))
