@@ -166,3 +166,12 @@ def test_warm_start_stops_at_the_first_check_reaching_its_validation_accuracy(sm
     assert metrics["steps"] == 12 and [c["step"] for c in metrics["validation_checks"]] == [6, 9, 12]
     with pytest.raises(ValueError, match="validation suite"):
         _warm(small_cfg, tmp_path, "warmstart.stop_accuracy=0.3", "benchmark.options.sources=[basic_arithmetic]")
+
+
+def test_solver_only_steps_write_no_reviews_and_train_no_reviewer(small_cfg):
+    final = run(small_cfg("trainer.max_steps=2", "trainer.reviews=false", "trainer.constructor=rule",
+                          "trainer.eval_at_end=false", "trainer.checkpoint_every=0"))
+    assert final["tokens/reviewer"] == 0 and final["update/reviewer/samples"] == 0
+    assert final["tokens/solver"] > 0 and final["update/solver/samples"] > 0
+    with pytest.raises(ValueError, match="reward=scalar or reward=sft"):
+        run(small_cfg("trainer.reviews=false", "reward=verbal"))

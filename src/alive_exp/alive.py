@@ -139,6 +139,8 @@ class AliveStep:
         must critique itself at test time; those reviews train the reviewer and nothing else, so the solver's
         reward never rests on a verdict that could not see the reference.
         """
+        if not self.tr.reviews:  # solver-only: no critiques are written or trained (scalar and sft only)
+            return False
         flat = [a for g in attempts for a in g]
         rng = random.Random(phase_seed(self.cfg.seed, step, "blind-review"))
         blind = [a for a in flat if rng.random() < self.tr.blind_review_share]
@@ -222,7 +224,9 @@ class AliveStep:
         # reviewer: likelihood on oracle critiques in warm-up, else rewarded for agreement and instruction
         flat = [a for g in attempts for a in g]
         blind = [a for a in flat if a.blind_critique is not None]
-        if warmup:
+        if not self.tr.reviews:
+            pass
+        elif warmup:
             pairs = [(a.critique_prompt, a.critique) for a in flat] + [(a.blind_prompt, a.blind_critique) for a in blind]
             out["reviewer"] = [Sample("reviewer", self.gen.encode_prompt(p), enc(c.text), 0.0, 1.0, "oracle")
                                for p, c in pairs if c.verdict is not None]

@@ -120,6 +120,7 @@ class TrainerConfig:
     span_min_chars: int = 1
     span_max_chars: int = 40
     blind_review_share: float = 0.0
+    reviews: bool = True  # false: solver-only steps (no review phase, no reviewer training; scalar and sft)
     warmup_steps: int = 0  # oracle writes critiques for the first warmup_steps
     micro_batch_size: int = 32
     generation: GenerationConfig = field(default_factory=GenerationConfig)

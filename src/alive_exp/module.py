@@ -255,9 +255,11 @@ class AliveModule(pl.LightningModule):
         m["solver/reward_mean"] = m["train/reward_mean"]
         m["solver/accuracy"] = M.mean([float(a.correct) for a in flat])
         m["solver/nll_targets"] = float(sum(1 for s in samples["solver"] if s.nll_weight > 0))
-        m["reviewer/reward_mean"] = M.mean([self.step_impl.reviewer_reward(a) for a in flat]) if not warmup else 0.0
-        q = M.reviewer_quality([a.critique.verdict for a in flat], [a.correct for a in flat])
-        m.update({f"reviewer/{k}": v for k, v in q.items()})
+        reviewed = [a for a in flat if a.critique is not None]  # all of them, unless trainer.reviews=false
+        m["reviewer/reward_mean"] = M.mean([self.step_impl.reviewer_reward(a) for a in reviewed]) if reviewed and not warmup else 0.0
+        if reviewed:
+            q = M.reviewer_quality([a.critique.verdict for a in reviewed], [a.correct for a in reviewed])
+            m.update({f"reviewer/{k}": v for k, v in q.items()})
         blind_reviewed = [a for a in flat if a.blind_critique is not None]
         if blind_reviewed:
             q = M.reviewer_quality([a.blind_critique.verdict for a in blind_reviewed], [a.correct for a in blind_reviewed])
@@ -276,7 +278,7 @@ class AliveModule(pl.LightningModule):
                                           if blind_refined else 0.0)
         m["invalid/constructor"] = float(sum(not p.check.valid for p in learned))
         m["invalid/solver"] = float(sum(a.answer is None for a in flat))
-        m["invalid/reviewer"] = float(sum(a.critique.verdict is None for a in flat))
+        m["invalid/reviewer"] = float(sum(a.critique.verdict is None for a in reviewed))
         m["refine/reference_leaks"] = float(self.step_impl.reference_leaks)
         self.step_impl.reference_leaks = 0
         kinds = [g[0].task.meta.get("kind", "whole") for g in attempts]
@@ -303,7 +305,7 @@ class AliveModule(pl.LightningModule):
             self.transcripts.append(dict(step=step, phase="solve", role="solver", prompt=a.prompt, completion=a.completion.text,
                                          reward=a.reward, outcome="correct" if a.correct else "incorrect",
                                          reason="" if a.answer is not None else "no parseable answer"))
-            reviews = [("review", a.critique_prompt, a.critique, False)]
+            reviews = [("review", a.critique_prompt, a.critique, False)] if a.critique is not None else []
             if a.blind_critique is not None:
                 reviews.append(("review_blind", a.blind_prompt, a.blind_critique, True))
             for phase, prompt, c, blind in reviews:

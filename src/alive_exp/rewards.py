@@ -56,6 +56,7 @@ class RewardMode(ABC):
     policy_gradient = True
     train_refiner = False  # reinforce revisions under their critique (verbal)
     reads_critiques = False  # its likelihood targets are conditioned on critiques (fcp): they are scrubbed first
+    needs_reviews = False  # its solver rewards or targets read the reviewer's verdicts or critiques
 
     def __init__(self, templates: RoleTemplates) -> None:
         self.templates = templates
@@ -82,6 +83,8 @@ class Scalar(RewardMode):
 
 @reward_mode("judge")
 class Judge(RewardMode):
+    needs_reviews = True
+
     def solver_rewards(self, prompts, completions, *, correct, critiques):
         return [float(c.verdict is True) for c in critiques]
 
@@ -99,6 +102,7 @@ class Verbal(Judge):
 class FeedbackConditional(RewardMode):
     policy_gradient = False
     reads_critiques = True
+    needs_reviews = True
 
     def solver_prompt(self, task: Task) -> str:
         return self.templates.render("fcp_solver", task=task.prompt, critique=self.templates.fcp_positive)

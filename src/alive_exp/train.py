@@ -93,6 +93,10 @@ def build(cfg: DictConfig, evaluate: bool = True) -> AliveModule:
     if cfg.hardware.torch_threads:
         torch.set_num_threads(cfg.hardware.torch_threads)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    mode_cls = rewards.REWARD_MODES.get(cfg.reward.mode)
+    if not cfg.trainer.reviews and mode_cls is not None and mode_cls.needs_reviews:
+        raise ValueError(f"trainer.reviews=false runs no review phase, but reward={cfg.reward.mode} reads the "
+                         "reviewer's verdicts or critiques; use reward=scalar or reward=sft, or trainer.reviews=true")
     options = domain_options(cfg)
     domain = domains.get(cfg.benchmark.domain, **options[cfg.benchmark.domain])
     corpus_domains = sorted({cfg.benchmark.domain, *cfg.benchmark.eval_domains})
