@@ -1,13 +1,17 @@
-"""alive-exp's scalar mode against TRL's GRPOTrainer, and our rollout path against a plain generate loop.
+"""alive-exp's solver against TRL's GRPOTrainer, and our rollout path against a plain generate loop.
 
-Same tiny model, same prompts, same N, same maximum completion length and number of steps, on CPU.
-Each side trains in its own child process so its peak memory (max RSS) is its own; one invocation
-prints both and their ratios (alive / TRL; > 1 means alive-exp is faster):
+    python benchmarks/trl_vs_alive.py [--reps 5] [--steps 20] [--tasks 4] [--n 4] [--max-new 32] [--smoke]
 
-    python benchmarks/trl_vs_alive.py [--steps 6] [--tasks 4] [--n 4] [--max-new 32]
-
-alive-exp's step does more than TRL's (it also runs and trains the constructor and the reviewer), so the
-fair comparison is per generated token; seconds per step are printed too.
+Like for like: alive-exp runs solver-only steps (`trainer.reviews=false`, rule constructor, scalar reward:
+no critiques written, nothing but the solver trained), TRL's GRPOTrainer the same model, prompts, N,
+maximum completion length, learning rate, LoRA and steps, both from the same weights (`--init-from`, default
+the `+experiment=math` warm start of seed 0, so rewards vary and both sides really update; it is built and
+cached under --data the first time). Each rep runs each side in its own child process (its peak memory,
+max RSS, is its own), sides alternating (alive, TRL, TRL, alive, ...) so that a drift of the machine hits
+both. Printed per side: median [min, max] over reps of solver tokens per second of training time, seconds
+per step and peak memory; and the ratios alive-exp / TRL of the medians and, paired rep by rep, their
+median [min, max]. Tokens are counted from the completions each side generated (TRL's re-tokenised, plus
+the end-of-turn token). `--smoke` is 1 rep of 2 steps (CI).
 """
 
 from __future__ import annotations
@@ -16,30 +20,33 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import queue
 import resource
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def _cfg(args, root: str):
-    from conftest import compose_cfg
+    from alive_exp.cli import compose
 
-    return compose_cfg([
+    init = [f"model.init_from={args.init_from}"] if args.init_from else []
+    return compose([
         "+experiment=math", "reward=scalar", f"trainer.max_steps={args.steps}", "trainer.constructor=rule",
+        "trainer.reviews=false", f"paths.root_dir={root}", *init,
         f"trainer.docs_per_step={args.tasks}", f"trainer.max_tasks_per_step={args.tasks}",
         f"trainer.solutions_per_task={args.n}", f"trainer.generation.solver_tokens={args.max_new}",
         f"trainer.generation.reviewer_tokens={args.max_new}", "trainer.eval_at_end=false",
         "trainer.checkpoint_every=0", "trainer.log_transcripts_every=0", "trainer.progress_bar=false",
         "warmstart.enabled=false", f"paths.data_dir={args.data}", "benchmark.train_docs=500",
         f"hardware.torch_threads={args.threads}",
-    ], Path(root))
+    ])
 
 
 def run_alive(args, out) -> None:
@@ -53,8 +60,7 @@ def run_alive(args, out) -> None:
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(cfg.logger.tracking_uri)
-        tokens = sum(m.value for key in ("tokens/solver", "tokens/reviewer", "tokens/constructor", "tokens/refine")
-                     for m in client.get_metric_history(res["mlflow_run_id"], key))
+        tokens = sum(m.value for m in client.get_metric_history(res["mlflow_run_id"], "tokens/solver"))
         step_s = [m.value for m in client.get_metric_history(res["mlflow_run_id"], "time/step")]
     out.put({"side": "alive-exp", "tokens": tokens, "train_s": sum(step_s), "wall_s": wall,
              "step_s": sum(step_s) / len(step_s), "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
@@ -67,15 +73,17 @@ def run_trl(args, out) -> None:
     from transformers import AutoModelForCausalLM, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
+    from omegaconf import OmegaConf
+
     from alive_exp import domains, models
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as root:
         cfg = _cfg(args, root)
-        path = models.build_tiny(cfg.model, cfg.paths.data_dir, ["math"])
+        path = args.init_from or models.build_tiny(cfg.model, cfg.paths.data_dir, ["math"])
         tok = models.load_tokenizer(str(path))
         model = AutoModelForCausalLM.from_pretrained(str(path))
-        math = domains.get("math")
+        math = domains.get("math", **OmegaConf.to_container(cfg.benchmark.options, resolve=True))
         docs = math.documents("train", args.tasks * args.steps, cfg.seed)
         tasks = [math.make_task(d, *math.candidate_spans(d)[-1]) for d in docs]
         by_prompt = {}
@@ -153,39 +161,81 @@ def child(fn, args):
     q = ctx.Queue()
     p = ctx.Process(target=fn, args=(args, q))
     p.start()
-    res = q.get()
+    while True:  # a child that dies (an exception, the OOM killer) is an error, not a hang
+        try:
+            res = q.get(timeout=5)
+            break
+        except queue.Empty:
+            if not p.is_alive():
+                raise SystemExit(f"{fn.__name__} died with exit code {p.exitcode}; its traceback is above")
     p.join()
     return res
 
 
+def warm_start(args) -> str:
+    """The +experiment=math warm start of seed 0 (built and cached under --data the first time)."""
+    from alive_exp.warmstart import build_warmstart
+
+    with tempfile.TemporaryDirectory() as root:
+        cfg = _cfg(argparse.Namespace(**{**vars(args), "init_from": None}), root)
+        return str(build_warmstart(cfg, progress=False))
+
+
+def spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f} [{min(values):.2f}, {max(values):.2f}]"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--tasks", type=int, default=4, help="prompts per step")
     ap.add_argument("--n", type=int, default=4, help="completions per prompt (N / num_generations)")
     ap.add_argument("--max-new", type=int, default=32, help="maximum completion length")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--init-from", help="a model folder both sides start from (default: the warm start; "
+                                        "'none': the untrained tiny model)")
+    ap.add_argument("--smoke", action="store_true", help="1 rep of 2 steps")
     ap.add_argument("--data", default=str(REPO / "data"))
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args()
-    rows = [child(run_alive, args), child(run_trl, args)]
+    if args.smoke:
+        args.reps, args.steps = 1, 2
+    if args.init_from == "none":
+        args.init_from = None
+    elif args.init_from is None:
+        args.init_from = warm_start(args)
+    reps: dict[str, list[dict]] = {"alive-exp": [], "TRL GRPOTrainer": []}
+    for i in range(args.reps):
+        for fn in (run_alive, run_trl) if i % 2 == 0 else (run_trl, run_alive):
+            r = child(fn, args)
+            r["tok_per_s"] = r["tokens"] / r["train_s"]
+            reps[r["side"]].append(r)
+            print(f"rep {i + 1}/{args.reps} {r['side']}: {r['tok_per_s']:.1f} solver tok/s, {r['step_s']:.2f} s/step",
+                  flush=True)
     roll = child(run_rollout, args)
-    print(f"\n{'side':<18}{'gen tokens':>11}{'train s':>9}{'s/step':>8}{'tok/s':>8}{'peak MB':>9}")
-    for r in rows:
-        r["tok_per_s"] = r["tokens"] / r["train_s"]
-        print(f"{r['side']:<18}{r['tokens']:>11.0f}{r['train_s']:>9.1f}{r['step_s']:>8.2f}{r['tok_per_s']:>8.1f}{r['peak_mb']:>9.0f}")
-    a, t = rows
-    print("\nratios alive-exp / TRL (same model, prompts, N, length, steps):")
-    print(f"  generated tokens per second  {a['tok_per_s'] / t['tok_per_s']:.2f}x  (> 1: alive-exp faster per token)")
-    print(f"  seconds per generated token  {(a['train_s'] / a['tokens']) / (t['train_s'] / t['tokens']):.2f}x  (< 1: alive-exp faster)")
-    print(f"  seconds per step             {a['step_s'] / t['step_s']:.2f}x  (alive-exp also runs constructor and reviewer)")
-    print(f"  peak memory                  {a['peak_mb'] / t['peak_mb']:.2f}x")
+    print(f"\n{args.reps} reps x {args.steps} steps per side, {args.tasks} prompts x N={args.n}, {args.max_new} new "
+          f"tokens, {args.threads} torch threads; median [min, max] over reps")
+    print(f"{'side':<18}{'solver tok/s':>22}{'s/step':>22}{'peak MB':>26}")
+    for side, rs in reps.items():
+        print(f"{side:<18}{spread([r['tok_per_s'] for r in rs]):>22}{spread([r['step_s'] for r in rs]):>22}"
+              f"{spread([r['peak_mb'] for r in rs]):>26}")
+    a, t = reps["alive-exp"], reps["TRL GRPOTrainer"]
+    med = lambda rs, k: statistics.median(r[k] for r in rs)  # noqa: E731
+    pair = lambda k: [x[k] / y[k] for x, y in zip(a, t)]  # noqa: E731
+    print("\nratios alive-exp / TRL (ratio of medians; paired by rep: median [min, max]):")
+    print(f"  solver tokens per second  {med(a, 'tok_per_s') / med(t, 'tok_per_s'):.2f}x  paired {spread(pair('tok_per_s'))}"
+          "  (> 1: alive-exp faster)")
+    print(f"  seconds per step          {med(a, 'step_s') / med(t, 'step_s'):.2f}x  paired {spread(pair('step_s'))}"
+          "  (< 1: alive-exp faster)")
+    print(f"  peak memory               {med(a, 'peak_mb') / med(t, 'peak_mb'):.2f}x")
     plain, ours = roll["plain generate loop"], roll["alive-exp rollout"]
-    print(f"\nrollout at batch {args.tasks * args.n}, {args.max_new} new tokens, sampling:")
+    print(f"\nrollout at batch {args.tasks * args.n}, {args.max_new} new tokens, sampling, {args.steps} batches:")
     print(f"  plain peft_model.generate loop  {plain:8.1f} tok/s")
     print(f"  alive-exp rollout (merged)      {ours:8.1f} tok/s   ratio {ours / plain:.2f}x")
     if args.json:
-        Path(args.json).write_text(json.dumps({"train": rows, "rollout": roll}, indent=2))
+        Path(args.json).write_text(json.dumps({"train": [r for rs in reps.values() for r in rs], "rollout": roll,
+                                               "args": vars(args)}, indent=2, default=str))
 
 
 if __name__ == "__main__":

@@ -18,11 +18,11 @@ pytest.importorskip("trl")
 def test_trl_benchmark_prints_ratios_from_measured_runs(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, "benchmarks/trl_vs_alive.py", "--steps", "1", "--tasks", "2", "--n", "2", "--max-new", "8",
-         "--threads", "1", "--data", str(tmp_path / "data"), "--json", str(out)],
+        [sys.executable, "benchmarks/trl_vs_alive.py", "--smoke", "--tasks", "2", "--n", "2", "--max-new", "8",
+         "--threads", "1", "--init-from", "none", "--data", str(tmp_path / "data"), "--json", str(out)],
         cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "generated tokens per second" in proc.stdout and "ratio" in proc.stdout
+    assert "solver tokens per second" in proc.stdout and "paired" in proc.stdout and "ratio" in proc.stdout
     figures = json.loads(out.read_text())
     sides = {r["side"]: r for r in figures["train"]}
     assert len(sides) == 2 and all(r["tokens"] > 0 and r["train_s"] > 0 and r["peak_mb"] > 0 for r in sides.values())

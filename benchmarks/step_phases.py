@@ -1,0 +1,179 @@
+"""One ALIVE step, phase by phase: this checkout against an older commit, in one invocation.
+
+    python benchmarks/step_phases.py [--ref 99f8d45] [--reps 5] [--steps 20] [--threads 2] [--smoke]
+
+Both sides run the same world, the one every commit since 99f8d45 supports: reasoning-gym's
+basic_arithmetic (+ and -), 16 tasks x N=8, half the solutions also reviewed blind, learned constructor,
+scalar reward, from the same warm-started model (the old commit's `+experiment=math` warm start, built once
+and cached under data/bench_step/). The old commit is checked out in a git worktree and run with its own
+code (`PYTHONPATH=<worktree>/src`). Sides alternate rep by rep (old, new, old, new, ...) so that a drift of
+the machine hits both; each rep is a fresh process with its own seed (rep i uses seed i on both sides).
+
+Per rep: the mean over steps 2..S of each phase's seconds (step 1 is left out: the first generate at each
+shape is slow for reasons that are not the step's). Printed: the median over reps and the range, per side,
+and the ratio new / old of the medians. The old commit's `update` timer also wrapped building the samples,
+so the comparison is old `update` against new `samples + update`. Generation is compared per generated
+token as well, since the sides draw different completions after their first update.
+
+Adapter check (`--equal-steps`, default 5): both sides run that many steps with seed 0 and the final
+per-role adapters are compared tensor by tensor (max absolute difference).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PY = sys.executable
+PHASES = ("construct", "solve", "review", "refine", "update")
+GEN_PHASES = ("construct", "solve", "review", "refine")
+
+
+def world(init: Path, root: Path, steps: int, seed: int, threads: int) -> list[str]:
+    """The overrides both commits read the same way."""
+    return [
+        "benchmark=math", "+benchmark.options.source_options={basic_arithmetic:{operators:['+','-']}}",
+        f"model.init_from={init}", "warmstart.enabled=false", "reward=scalar", f"seed={seed}",
+        f"trainer.max_steps={steps}", "trainer.docs_per_step=16", "trainer.max_tasks_per_step=16",
+        "trainer.solutions_per_task=8", "trainer.blind_review_share=0.5", "trainer.generation.solver_tokens=48",
+        "trainer.generation.reviewer_tokens=48", "trainer.optim.constructor.lr=5e-5", "trainer.optim.solver.lr=5e-5",
+        "trainer.optim.reviewer.lr=3e-4", "trainer.eval_at_end=false", "trainer.checkpoint_every=0",
+        "trainer.log_transcripts_every=0", "trainer.progress_bar=false", f"hardware.torch_threads={threads}",
+        f"paths.root_dir={root}", f"paths.output_dir={root}/out", f"logger.tracking_uri=sqlite:///{root}/mlflow.db",
+    ]
+
+
+def env_for(tree: Path) -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": str(tree / "src"), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def worktree(ref: str, where: Path) -> Path:
+    if not (where / "src" / "alive_exp").exists():
+        where.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(where), ref], check=True,
+                       capture_output=True)
+    return where
+
+
+def warm_start(old: Path, data: Path, threads: int) -> Path:
+    """The old commit's +experiment=math warm start (its own code, no time budget), built once."""
+    found = sorted(p for p in (data / "warmstart").glob("math-*") if (p / "metrics.json").exists()) if (
+        data / "warmstart").exists() else []
+    if not found:
+        print(f"building the warm start with {old.name}'s code (once; minutes) ...", flush=True)
+        subprocess.run([PY, str(old / "warmstart.py"), "+experiment=math", "warmstart.max_minutes=0",
+                        f"hardware.torch_threads={threads}", f"paths.data_dir={data}", "trainer.progress_bar=false"],
+                       cwd=old, env=env_for(old), check=True)
+        found = sorted(p for p in (data / "warmstart").glob("math-*") if (p / "metrics.json").exists())
+    return found[0]
+
+
+def one_run(tree: Path, init: Path, steps: int, seed: int, threads: int, keep: Path | None = None) -> dict:
+    """Run `steps` ALIVE steps with `tree`'s code; per-step metrics from its MLflow store."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        proc = subprocess.run([PY, str(tree / "train.py"), *world(init, root, steps, seed, threads)], cwd=root,
+                              env=env_for(tree), capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"{tree} failed:\n{proc.stderr[-3000:]}")
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(f"sqlite:///{root}/mlflow.db")
+        (run,) = client.search_runs([client.get_experiment_by_name("alive").experiment_id])
+        keys = [k for k in run.data.metrics if k.startswith(("time/", "tokens/"))]
+        hist = {k: {m.step: m.value for m in client.get_metric_history(run.info.run_id, k)} for k in keys}
+        if keep is not None:
+            import shutil
+
+            (policy,) = list((root / "out").glob("**/policy"))
+            shutil.copytree(policy, keep, dirs_exist_ok=True)
+    return hist
+
+
+def per_step(hist: dict, key: str) -> float:
+    """Mean of `key` over steps 2.. (0 when never logged)."""
+    vals = [v for s, v in hist.get(key, {}).items() if s >= 2]
+    return sum(vals) / len(vals) if vals else 0.0
+
+
+def summarise(hist: dict, new: bool) -> dict[str, float]:
+    out = {p: per_step(hist, f"time/{p}") for p in PHASES}
+    if new:  # the old update timer wrapped building the samples too
+        out["update"] += per_step(hist, "time/samples")
+    out["step"] = per_step(hist, "time/step")
+    out["generation"] = sum(out[p] for p in GEN_PHASES)
+    tokens = sum(per_step(hist, f"tokens/{r}") for r in ("constructor", "solver", "reviewer", "refine"))
+    out["gen_ms_per_token"] = 1000 * out["generation"] / max(tokens, 1)
+    return out
+
+
+def adapters_equal(a: Path, b: Path) -> dict[str, float]:
+    import torch
+    from safetensors.torch import load_file
+
+    out = {}
+    for fa in sorted(a.glob("**/adapter_model.safetensors")):
+        fb = b / fa.relative_to(a)
+        ta, tb = load_file(str(fa)), load_file(str(fb))
+        out[str(fa.parent.relative_to(a)) or "."] = max(float((ta[k] - tb[k]).abs().max()) for k in ta) if ta.keys() == tb.keys() else float("inf")
+        assert torch.is_tensor(next(iter(ta.values())))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ref", default="99f8d45", help="the older commit")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--equal-steps", type=int, default=5, help="steps before the adapter comparison (0: skip)")
+    ap.add_argument("--smoke", action="store_true", help="1 rep of 3 steps, 2-step adapter check (CI)")
+    ap.add_argument("--data", type=Path, default=REPO / "data" / "bench_step")
+    ap.add_argument("--json", type=Path, help="also write the figures here")
+    args = ap.parse_args()
+    if args.smoke:
+        args.reps, args.steps, args.equal_steps = 1, 3, 2
+    old = worktree(args.ref, args.data / f"worktree-{args.ref}")
+    init = warm_start(old, args.data / "data", args.threads)
+    sides = {"old": old, "new": REPO}
+    reps: dict[str, list[dict]] = {"old": [], "new": []}
+    for i in range(args.reps):
+        for name in ("old", "new") if i % 2 == 0 else ("new", "old"):
+            reps[name].append(summarise(one_run(sides[name], init, args.steps, i, args.threads), name == "new"))
+            print(f"rep {i + 1}/{args.reps} {name}: step {reps[name][-1]['step']:.2f} s, "
+                  f"update {reps[name][-1]['update']:.2f} s", flush=True)
+    rows = (*PHASES, "generation", "gen_ms_per_token", "step")
+    print(f"\n{args.reps} reps x {args.steps} steps per side, {args.threads} torch threads; seconds per step "
+          f"(steps 2..{args.steps}); median [min, max] over reps")
+    print(f"{'phase':<18}{args.ref + ' (old)':>24}{'this checkout (new)':>24}{'new / old':>11}")
+    figures = {}
+    for r in rows:
+        o, n = [x[r] for x in reps["old"]], [x[r] for x in reps["new"]]
+        mo, mn = statistics.median(o), statistics.median(n)
+        ratio = mn / mo if mo else float("nan")
+        figures[r] = {"old": o, "new": n, "ratio_of_medians": ratio}
+        print(f"{r:<18}{mo:>10.3f} [{min(o):.3f}, {max(o):.3f}]{mn:>10.3f} [{min(n):.3f}, {max(n):.3f}]{ratio:>10.2f}x")
+    if args.equal_steps:
+        with tempfile.TemporaryDirectory() as tmp:
+            a, b = Path(tmp) / "old", Path(tmp) / "new"
+            one_run(old, init, args.equal_steps, 0, args.threads, keep=a)
+            one_run(REPO, init, args.equal_steps, 0, args.threads, keep=b)
+            diff = adapters_equal(a, b)
+        figures["adapter_max_abs_diff"] = diff
+        print(f"\nadapters after {args.equal_steps} steps, seed 0, max |new - old| per role: "
+              + ", ".join(f"{k} {v:.2e}" for k, v in diff.items()))
+    if args.json:
+        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "figures": figures}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
