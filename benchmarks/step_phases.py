@@ -94,7 +94,7 @@ def one_run(tree: Path, init: Path, steps: int, seed: int, threads: int, keep: P
         if keep is not None:
             import shutil
 
-            (policy,) = list((root / "out").glob("**/policy"))
+            (policy,) = [p for p in root.glob("**/policy") if p.is_dir()]
             shutil.copytree(policy, keep, dirs_exist_ok=True)
     return hist
 

@@ -241,3 +241,39 @@ def test_the_learner_scores_at_the_sampling_temperature():
     assert info["nll"] == pytest.approx(want, rel=1e-5)
     plain, _ = role_loss(model, s, pad_id=PAD, clip_eps=0.2, kl_coef=0.0, total_tokens=3)
     assert float(plain) != pytest.approx(float(loss))
+
+
+def _grouped(n: int, plen: int, seed: int = 0) -> list[Sample]:
+    """n samples of one long prompt (a task's N solutions), completions of different lengths."""
+    g = torch.Generator().manual_seed(seed)
+    prompt = torch.randint(1, 32, (plen,), generator=g).tolist()
+    return [Sample("solver", prompt + ([5, 6][: i % 3]), torch.randint(1, 32, (1 + (3 * i) % 7,), generator=g).tolist(),
+                   advantage=float(i % 3) - 1.0, nll_weight=0.25 * (i % 2)) for i in range(n)]
+
+
+def test_shared_prefix_pass_gives_the_plain_logprobs_and_gradient(lm):
+    from alive_exp.losses import prefix_groups, shared_prefix_logprobs
+
+    samples = _grouped(6, 12)
+    ids, attn, mask = _batch(samples, PAD, torch.device("cpu"))
+    plain = token_logprobs(lm, ids, attn) * mask
+    shared = shared_prefix_logprobs(lm, samples, PAD) * mask
+    assert shared.shape == plain.shape and torch.allclose(shared, plain, atol=1e-5)
+
+    def grads(share: bool):
+        lm.zero_grad()
+        loss, _ = role_loss(lm, samples, pad_id=PAD, clip_eps=0.2, kl_coef=0.0, total_tokens=40, share_prefix=share)
+        loss.backward()
+        return [p.grad.clone() for p in lm.parameters()]
+
+    for a, b in zip(grads(False), grads(True)):
+        assert torch.allclose(a, b, atol=1e-5)
+    # micro-batches follow the step's groups (split at `size`), else identical prompts
+    for s in samples:
+        s.group = "task 0"
+    other = _grouped(3, 12, seed=1)
+    for s in other:
+        s.group = "task 1"
+    groups = prefix_groups(samples + other + _samples(4), size=4)
+    assert sorted(len(g) for g in groups) == [1, 1, 1, 1, 2, 3, 4]
+    assert all(len({s.group if s.group else tuple(s.prompt_ids) for s in g}) == 1 for g in groups)

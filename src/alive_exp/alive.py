@@ -202,7 +202,8 @@ class AliveStep:
             for a, r, ad in zip(g, rewards, adv):
                 a.reward = r
                 if self.mode.policy_gradient:
-                    out["solver"].append(Sample("solver", a.completion.prompt_ids, a.completion.completion_ids, ad))
+                    out["solver"].append(Sample("solver", a.completion.prompt_ids, a.completion.completion_ids, ad,
+                                                group=("solve", a.task.id)))
             revised = [a for a in g if a.revision is not None]
             if self.mode.train_refiner:
                 # critique-guided refinement is itself a policy: revisions the reference confirms are reinforced,
@@ -212,24 +213,26 @@ class AliveStep:
                              [(a.blind_revision, a.blind_revision_correct) for a in g if a.blind_revision is not None]):
                     if kind:
                         (radv,) = group_advantages([[float(ok) for _, ok in kind]], "batch", False)
-                        out["solver"] += [Sample("solver", r.prompt_ids, r.completion_ids, ad, kind="refine")
-                                          for (r, _), ad in zip(kind, radv)]
+                        out["solver"] += [Sample("solver", r.prompt_ids, r.completion_ids, ad, kind="refine",
+                                                 group=("refine", g[0].task.id)) for (r, _), ad in zip(kind, radv)]
             confirmed = [a.revision.text for a in revised if a.revision_correct]
             task = g[0].task
             shown = [self.shown(a.critique, task) for a in g] if self.mode.reads_critiques else [a.critique for a in g]
             for t in self.mode.targets(task, [a.completion.text for a in g], shown, confirmed,
                                        self.domain.solution_text(task)):
                 w = {"distill": self.rcfg.distill_coef, "fcp": self.rcfg.fcp_coef, "sft": self.rcfg.sft_coef}[t.kind]
-                out["solver"].append(Sample("solver", self.gen.encode_prompt(t.prompt), enc(t.completion), 0.0, w, t.kind))
+                out["solver"].append(Sample("solver", self.gen.encode_prompt(t.prompt), enc(t.completion), 0.0, w, t.kind,
+                                            group=(t.kind, task.id)))
         # reviewer: likelihood on oracle critiques in warm-up, else rewarded for agreement and instruction
         flat = [a for g in attempts for a in g]
         blind = [a for a in flat if a.blind_critique is not None]
         if not self.tr.reviews:
             pass
         elif warmup:
-            pairs = [(a.critique_prompt, a.critique) for a in flat] + [(a.blind_prompt, a.blind_critique) for a in blind]
-            out["reviewer"] = [Sample("reviewer", self.gen.encode_prompt(p), enc(c.text), 0.0, 1.0, "oracle")
-                               for p, c in pairs if c.verdict is not None]
+            pairs = ([(a.critique_prompt, a.critique, ("review", a.task.id)) for a in flat]
+                     + [(a.blind_prompt, a.blind_critique, ("review_blind", a.task.id)) for a in blind])
+            out["reviewer"] = [Sample("reviewer", self.gen.encode_prompt(p), enc(c.text), 0.0, 1.0, "oracle", group=k)
+                               for p, c, k in pairs if c.verdict is not None]
         else:
             # one baseline per kind of review: blind verdicts are harder, and would otherwise always lose
             weight, fix_rate = self.agreement_weights(flat), self.fix_rate(flat)
@@ -238,10 +241,11 @@ class AliveStep:
             brewards = [self.reviewer_reward(a, bweight[a.correct], blind=True) for a in blind]
             (adv,) = group_advantages([rewards], "batch", self.rcfg.scale_by_std)
             (badv,) = group_advantages([brewards], "batch", self.rcfg.scale_by_std)
-            out["reviewer"] = [Sample("reviewer", a.critique_completion.prompt_ids, a.critique_completion.completion_ids, ad)
-                               for a, ad in zip(flat, adv)]
-            out["reviewer"] += [Sample("reviewer", a.blind_completion.prompt_ids, a.blind_completion.completion_ids, ad)
-                                for a, ad in zip(blind, badv)]
+            # the reviews of one task's solutions share the prompt up to the solution
+            out["reviewer"] = [Sample("reviewer", a.critique_completion.prompt_ids, a.critique_completion.completion_ids, ad,
+                                      group=("review", a.task.id)) for a, ad in zip(flat, adv)]
+            out["reviewer"] += [Sample("reviewer", a.blind_completion.prompt_ids, a.blind_completion.completion_ids, ad,
+                                       group=("review_blind", a.task.id)) for a, ad in zip(blind, badv)]
         # constructor: validity times learnability of its tasks for the current solver
         if self.tr.constructor == "learned":
             solve_rate = {g[0].task.id: sum(a.correct for a in g) / len(g) for g in attempts}
@@ -252,8 +256,8 @@ class AliveStep:
                 by_doc.setdefault(p.doc.id, []).append(p)
             cgroups = list(by_doc.values())
             cadv = group_advantages([[p.reward for p in g] for g in cgroups], self.rcfg.advantage, self.rcfg.scale_by_std)
-            out["constructor"] = [Sample("constructor", p.completion.prompt_ids, p.completion.completion_ids, ad)
-                                  for g, adv in zip(cgroups, cadv) for p, ad in zip(g, adv)]
+            out["constructor"] = [Sample("constructor", p.completion.prompt_ids, p.completion.completion_ids, ad,
+                                         group=("construct", p.doc.id)) for g, adv in zip(cgroups, cadv) for p, ad in zip(g, adv)]
         return out
 
     def agreement_weights(self, flat: list[Attempt]) -> dict[bool, float]:

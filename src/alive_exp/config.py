@@ -123,6 +123,7 @@ class TrainerConfig:
     reviews: bool = True  # false: solver-only steps (no review phase, no reviewer training; scalar and sft)
     warmup_steps: int = 0  # oracle writes critiques for the first warmup_steps
     micro_batch_size: int = 32
+    share_prompt_prefix: bool = True  # a group's common prompt prefix is run once in the update, not per sample
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval_every: int = 0

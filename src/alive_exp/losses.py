@@ -80,6 +80,7 @@ class Sample:
     advantage: float = 0.0
     nll_weight: float = 0.0
     kind: str = "pg"  # pg | oracle | distill | fcp (for logging)
+    group: object = None  # samples of one group share a prompt prefix, computed once (`shared_prefix_logprobs`)
 
 
 def contributing(samples: list[Sample], kl_coef: float) -> list[Sample]:
@@ -116,13 +117,68 @@ def token_logprobs(model, ids: torch.Tensor, attn: torch.Tensor, temperature: fl
     return torch.nn.functional.pad(logp, (1, 0))
 
 
+MIN_SHARED_PREFIX = 8  # shorter common prefixes are not worth a second forward call
+
+
+def common_prefix(samples: list[Sample]) -> int:
+    """Tokens every sample's prompt starts with, leaving at least one prompt token to each suffix (so every
+    completion token is predicted from the suffix pass)."""
+    first = samples[0].prompt_ids
+    n = min(len(s.prompt_ids) for s in samples) - 1
+    for s in samples[1:]:
+        ids = s.prompt_ids
+        k = 0
+        while k < n and ids[k] == first[k]:
+            k += 1
+        n = k
+    return max(n, 0)
+
+
+def prefix_groups(samples: list[Sample], size: int) -> list[list[Sample]]:
+    """Micro-batches of at most `size` samples that share a prompt prefix: the samples of one `Sample.group`
+    (the step sets it: a task's N solutions, the reviews of one task's solutions) or of one identical prompt;
+    within a group, longest completions first; groups longest first."""
+    by_group: dict[object, list[Sample]] = {}
+    for s in samples:
+        by_group.setdefault(s.group if s.group is not None else tuple(s.prompt_ids), []).append(s)
+    out = []
+    for group in by_group.values():
+        group.sort(key=lambda s: len(s.prompt_ids) + len(s.completion_ids), reverse=True)
+        out += [group[i:i + size] for i in range(0, len(group), size)]
+    return sorted(out, key=lambda g: len(g[0].prompt_ids) + len(g[0].completion_ids), reverse=True)
+
+
+def shared_prefix_logprobs(model, samples: list[Sample], pad_id: int, temperature: float = 1.0) -> torch.Tensor:
+    """`token_logprobs` of `_batch(samples)`, computing the prompts' common prefix once: its keys and values
+    (with their gradient) are repeated for every sample and the suffixes (rest of the prompt, completion) are
+    run against them. Equal to the plain pass up to rounding (tests/test_losses.py); on a task's N solutions
+    it skips N - 1 of N prompt passes."""
+    device = next(model.parameters()).device
+    ids, attn, _ = _batch(samples, pad_id, device)
+    p = common_prefix(samples)
+    if p < MIN_SHARED_PREFIX or len(samples) < 2:
+        return token_logprobs(model, ids, attn, temperature)
+    out = model(input_ids=ids[:1, :p], attention_mask=attn[:1, :p], use_cache=True)
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(len(samples))
+    suffix = ids[:, p:]
+    positions = torch.arange(p, ids.size(1), device=device).unsqueeze(0).expand(len(samples), -1)
+    logits = model(input_ids=suffix, attention_mask=attn, past_key_values=cache, position_ids=positions,
+                   use_cache=False).logits[:, :-1].float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, suffix[:, 1:].unsqueeze(-1)).squeeze(-1)
+    return torch.nn.functional.pad(logp, (p + 1, 0))  # prefix positions and the first suffix token: prompt
+
+
 def role_loss(model, samples: list[Sample], *, pad_id: int, clip_eps: float, kl_coef: float,
               total_tokens: int, reference_logps: torch.Tensor | None = None,
-              temperature: float = 1.0) -> tuple[torch.Tensor, dict]:
+              temperature: float = 1.0, share_prefix: bool = False) -> tuple[torch.Tensor, dict]:
     """Loss of one micro-batch, normalised by the role's total completion tokens in the step."""
     device = next(model.parameters()).device
     ids, attn, mask = _batch(samples, pad_id, device)
-    logp = token_logprobs(model, ids, attn, temperature)
+    logp = (shared_prefix_logprobs(model, samples, pad_id, temperature) if share_prefix
+            else token_logprobs(model, ids, attn, temperature))
     adv = torch.tensor([s.advantage for s in samples], device=device).unsqueeze(1)
     w = torch.tensor([s.nll_weight for s in samples], device=device).unsqueeze(1)
     # one update per rollout: old log-probs equal the current ones, so the ratio is 1 with a live gradient

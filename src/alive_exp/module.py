@@ -25,7 +25,7 @@ import torch
 from alive_exp import metrics as M
 from alive_exp.alive import AliveStep
 from alive_exp.distributed import sync_gradients
-from alive_exp.losses import Sample, contributing, reference_logprobs, role_loss
+from alive_exp.losses import Sample, contributing, prefix_groups, reference_logprobs, role_loss
 from alive_exp.models import adapter_parameters, role_adapter
 from alive_exp.roles import ROLES
 
@@ -215,14 +215,15 @@ class AliveModule(pl.LightningModule):
         if not batch:
             return st
         self.use_adapter(role)
-        for i in range(0, len(batch), mb):
-            chunk = batch[i:i + mb]
+        share = self.cfg.trainer.share_prompt_prefix
+        chunks = prefix_groups(batch, mb) if share else [batch[i:i + mb] for i in range(0, len(batch), mb)]
+        for chunk in chunks:
             ref = None
             if self.cfg.reward.kl_coef > 0 and adapter is not None:
                 ref = reference_logprobs(self.model, chunk, self.tokenizer.pad_token_id, self.disable_adapters, temp)
             loss, info = role_loss(self.model, chunk, pad_id=self.tokenizer.pad_token_id,
                                    clip_eps=self.cfg.reward.clip_eps, kl_coef=self.cfg.reward.kl_coef,
-                                   total_tokens=total, reference_logps=ref, temperature=temp)
+                                   total_tokens=total, reference_logps=ref, temperature=temp, share_prefix=share)
             self.manual_backward(weight * loss)
             frac = len(chunk) / len(batch)
             st["loss"] += float(loss.detach())

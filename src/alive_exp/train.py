@@ -109,6 +109,8 @@ def build(cfg: DictConfig, evaluate: bool = True) -> AliveModule:
     base, tokenizer, _ = models.load_base(model_cfg, cfg.paths.data_dir, corpus_domains)
     merge = cfg.trainer.generation.merge_adapters and models.adapter_names(cfg.model)
     plain = copy.deepcopy(base) if merge else None
+    # adapters start from the run seed whether or not this run had to build the base model first
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
     model = models.attach_adapters(base, cfg.model)
     model.train()
     templates = RoleTemplates(**OmegaConf.to_container(cfg.roles, resolve=True))
