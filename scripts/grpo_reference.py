@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -49,11 +48,11 @@ def main() -> None:
     from alive_exp.roles import RoleTemplates
     from alive_exp.rollout import Generator
     from alive_exp.warmstart import build_warmstart, trained_options
-    from conftest import compose_cfg
+    from alive_exp.cli import compose
 
     torch.set_num_threads(1)
     args.work.mkdir(parents=True, exist_ok=True)
-    cfg = compose_cfg(["+experiment=math", f"paths.data_dir={args.data}", *args.overrides], args.work)
+    cfg = compose(["+experiment=math", f"paths.data_dir={args.data}", *args.overrides, f"paths.root_dir={args.work}"])
     torch.manual_seed(cfg.seed)
     path = build_warmstart(cfg)
     tok, model = AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path)

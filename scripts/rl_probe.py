@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -31,16 +30,16 @@ def main() -> None:
     from mlflow.tracking import MlflowClient
 
     from alive_exp.train import run
-    from conftest import compose_cfg
+    from alive_exp.cli import compose
 
     name, overrides = sys.argv[1], sys.argv[2:]
     work = REPO / "outputs" / "rl_probe" / name
     work.mkdir(parents=True, exist_ok=True)
     uri = f"sqlite:///{work}/mlflow.db"
     start = time.perf_counter()
-    out = run(compose_cfg(["+experiment=math", "trainer.progress_bar=false", "trainer.checkpoint_every=0",
-                           f"paths.data_dir={REPO / 'data'}", f"logger.tracking_uri={uri}", "hardware.torch_threads=1",
-                           *overrides], work))
+    out = run(compose(["+experiment=math", "trainer.progress_bar=false", "trainer.checkpoint_every=0",
+                       f"paths.data_dir={REPO / 'data'}", f"logger.tracking_uri={uri}", "hardware.torch_threads=1",
+                       *overrides, f"paths.root_dir={work}"]))
     client, rid = MlflowClient(uri), out["mlflow_run_id"]
 
     def history(key: str) -> list[tuple[int, float]]:

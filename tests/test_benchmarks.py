@@ -28,3 +28,27 @@ def test_trl_benchmark_prints_ratios_from_measured_runs(tmp_path):
     assert len(sides) == 2 and all(r["tokens"] > 0 and r["train_s"] > 0 and r["peak_mb"] > 0 for r in sides.values())
     rollout = {k: v for k, v in figures["rollout"].items() if k != "side"}
     assert set(rollout) == {"plain generate loop", "alive-exp rollout"} and all(v > 0 for v in rollout.values())
+
+
+def _has_commit(ref: str) -> bool:
+    return subprocess.run(["git", "-C", str(REPO), "cat-file", "-e", f"{ref}^{{commit}}"], capture_output=True).returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _has_commit("99f8d45"), reason="commit 99f8d45 is not in this clone (a shallow clone?)")
+def test_step_benchmark_runs_both_commits_phase_by_phase(tmp_path):
+    out = tmp_path / "steps.json"
+    try:
+        proc = subprocess.run(
+            [sys.executable, "benchmarks/step_phases.py", "--smoke", "--threads", "1", "--data", str(tmp_path / "bench"),
+             "--json", str(out)],
+            cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=900)
+    finally:  # the benchmark's git worktree of the old commit goes with the temporary folder
+        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tmp_path / "bench" / "worktree-99f8d45")],
+                       capture_output=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    figures = json.loads(out.read_text())["figures"]
+    for phase in ("solve", "review", "update", "step"):
+        assert figures[phase]["old"][0] > 0 and figures[phase]["new"][0] > 0, phase
+    assert set(figures["adapter_max_abs_diff"]) == {"constructor", "reviewer", "solver"}
+    assert "new / old" in proc.stdout
