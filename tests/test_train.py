@@ -151,6 +151,8 @@ def test_profile_switch_writes_operator_tables_per_phase_and_times_each_role(sma
     assert final["time/update/solver"] + final["time/update/reviewer"] <= final["time/update"] + 1e-6
     shares = sum(final[f"time/{p}_share"] for p in ("construct", "solve", "review", "refine", "samples", "update"))
     assert 0.5 < shares <= 1.0 + 1e-6
+    tokens = sum(final[f"tokens/{r}_share"] for r in ("constructor", "solver", "reviewer", "refine"))
+    assert abs(tokens - 1.0) < 1e-6 and final["tokens/reviewer_share"] > 0
 
 
 def test_warm_start_stops_at_the_first_check_reaching_its_validation_accuracy(small_cfg, tmp_path):

@@ -285,8 +285,10 @@ class AliveModule(pl.LightningModule):
         kinds = [g[0].task.meta.get("kind", "whole") for g in attempts]
         for kind in sorted(set(kinds) | {"whole"}):  # whole problems beside tasks that hide a column or carry
             m[f"tasks/{kind}_share"] = M.mean([float(k == kind) for k in kinds]) if kinds else 0.0
+        generated = sum(self.step_impl.tokens.values())
         for k, v in self.step_impl.tokens.items():
             m[f"tokens/{k}"] = float(v)
+            m[f"tokens/{k}_share"] = v / generated if generated else 0.0  # of all tokens generated this step
             self.step_impl.tokens[k] = 0
         return m
 
