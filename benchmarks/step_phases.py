@@ -78,11 +78,12 @@ def warm_start(old: Path, data: Path, threads: int, steps: int | None = None) ->
     return found[0]
 
 
-def one_run(tree: Path, init: Path, steps: int, seed: int, threads: int, keep: Path | None = None) -> dict:
+def one_run(tree: Path, init: Path, steps: int, seed: int, threads: int, keep: Path | None = None,
+            extra: tuple[str, ...] = ()) -> dict:
     """Run `steps` ALIVE steps with `tree`'s code; per-step metrics from its MLflow store."""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        proc = subprocess.run([PY, str(tree / "train.py"), *world(init, root, steps, seed, threads)], cwd=root,
+        proc = subprocess.run([PY, str(tree / "train.py"), *world(init, root, steps, seed, threads), *extra], cwd=root,
                               env=env_for(tree), capture_output=True, text=True)
         if proc.returncode != 0:
             raise SystemExit(f"{tree} failed:\n{proc.stderr[-3000:]}")
@@ -166,13 +167,17 @@ def main() -> None:
         print(f"{r:<18}{mo:>10.3f} [{min(o):.3f}, {max(o):.3f}]{mn:>10.3f} [{min(n):.3f}, {max(n):.3f}]{ratio:>10.2f}x")
     if args.equal_steps:
         with tempfile.TemporaryDirectory() as tmp:
-            a, b = Path(tmp) / "old", Path(tmp) / "new"
+            a, b, c = Path(tmp) / "old", Path(tmp) / "new", Path(tmp) / "plain"
             one_run(old, init, args.equal_steps, 0, args.threads, keep=a)
             one_run(REPO, init, args.equal_steps, 0, args.threads, keep=b)
-            diff = adapters_equal(a, b)
-        figures["adapter_max_abs_diff"] = diff
+            # this checkout's own plain update (every prompt run in full) against its shared-prefix one
+            one_run(REPO, init, args.equal_steps, 0, args.threads, keep=c, extra=("trainer.share_prompt_prefix=false",))
+            diff, own = adapters_equal(a, b), adapters_equal(c, b)
+        figures["adapter_max_abs_diff"], figures["adapter_max_abs_diff_plain_update"] = diff, own
         print(f"\nadapters after {args.equal_steps} steps, seed 0, max |new - old| per role: "
               + ", ".join(f"{k} {v:.2e}" for k, v in diff.items()))
+        print("  this checkout, shared-prefix update vs its plain update: "
+              + ", ".join(f"{k} {v:.2e}" for k, v in own.items()))
     if args.json:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "figures": figures}, indent=1))
 
