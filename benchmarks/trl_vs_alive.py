@@ -33,6 +33,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def peak_mb() -> float:
+    """This process's own peak resident memory: VmHWM belongs to the address space exec created, where
+    ru_maxrss also carries the parent's peak across fork and exec (every child would report the parent's)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _cfg(args, root: str):
     from alive_exp.cli import compose
 
@@ -61,9 +73,12 @@ def run_alive(args, out) -> None:
 
         client = MlflowClient(cfg.logger.tracking_uri)
         tokens = sum(m.value for m in client.get_metric_history(res["mlflow_run_id"], "tokens/solver"))
+        trained = sum(m.value for m in client.get_metric_history(res["mlflow_run_id"], "update/solver/trained_samples"))
+        drawn = sum(m.value for m in client.get_metric_history(res["mlflow_run_id"], "update/solver/samples"))
         step_s = [m.value for m in client.get_metric_history(res["mlflow_run_id"], "time/step")]
     out.put({"side": "alive-exp", "tokens": tokens, "train_s": sum(step_s), "wall_s": wall,
-             "step_s": sum(step_s) / len(step_s), "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+             "trained_share": trained / max(drawn, 1),
+             "step_s": sum(step_s) / len(step_s), "peak_mb": peak_mb()})
 
 
 def run_trl(args, out) -> None:
@@ -128,7 +143,7 @@ def run_trl(args, out) -> None:
         trainer.train()
         wall = time.perf_counter() - start
     out.put({"side": "TRL GRPOTrainer", "tokens": generated["tokens"], "train_s": sum(timer.times), "wall_s": wall,
-             "step_s": sum(timer.times) / len(timer.times), "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+             "step_s": sum(timer.times) / len(timer.times), "peak_mb": peak_mb()})
 
 
 def run_rollout(args, out) -> None:
@@ -229,6 +244,9 @@ def main() -> None:
     print(f"  seconds per step          {med(a, 'step_s') / med(t, 'step_s'):.2f}x  paired {spread(pair('step_s'))}"
           "  (< 1: alive-exp faster)")
     print(f"  peak memory               {med(a, 'peak_mb') / med(t, 'peak_mb'):.2f}x")
+    share = statistics.median(r["trained_share"] for r in a)
+    print(f"alive-exp trained on {100 * share:.0f}% of its solver samples (median over reps): the others had zero "
+          "advantage (a group all right or all wrong) and got no forward or backward; TRL computes every one")
     plain, ours = roll["plain generate loop"], roll["alive-exp rollout"]
     print(f"\nrollout at batch {args.tasks * args.n}, {args.max_new} new tokens, sampling, {args.steps} batches:")
     print(f"  plain peft_model.generate loop  {plain:8.1f} tok/s")
