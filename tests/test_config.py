@@ -66,3 +66,15 @@ def test_tracking_uri_defaults_to_sqlite_in_root(tmp_path, monkeypatch):
     assert compose_cfg([], tmp_path).logger.tracking_uri == f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////elsewhere/x.db")
     assert compose_cfg([], tmp_path).logger.tracking_uri == "sqlite:////elsewhere/x.db"
+
+
+def test_a_misspelled_domain_option_fails_naming_it_and_the_known_ones():
+    import pytest as _pytest
+
+    from alive_exp import domains
+
+    with _pytest.raises(ValueError, match=r"\['hid'\].*math.*known: hide"):
+        domains.get("math", hid="answer")
+    with _pytest.raises(ValueError, match=r"\['hide'\].*code"):
+        domains.get("code", hide="answer")
+    assert domains.get("logic").name == "logic"

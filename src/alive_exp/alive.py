@@ -68,9 +68,9 @@ class StepResult:
 class AliveStep:
     """The five phases over one batch of documents; `module.AliveModule` calls it and applies `learn`."""
 
-    def __init__(self, *, cfg, domain, generator, templates, reward_mode, oracle, timer, use_adapter) -> None:
+    def __init__(self, *, cfg, domain, generator, templates, reward_mode, oracle, use_adapter) -> None:
         self.cfg, self.domain, self.gen, self.templates = cfg, domain, generator, templates
-        self.mode, self.oracle, self.timer, self.use_adapter = reward_mode, oracle, timer, use_adapter
+        self.mode, self.oracle, self.use_adapter = reward_mode, oracle, use_adapter
         self.tr, self.gcfg, self.rcfg = cfg.trainer, cfg.trainer.generation, cfg.reward
         self.tokens = {"constructor": 0, "solver": 0, "reviewer": 0, "refine": 0}
         self.reference_leaks = 0  # quotations of the reference blanked from critiques a solver reads, this step

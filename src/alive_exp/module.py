@@ -105,7 +105,7 @@ class AliveModule(pl.LightningModule):
         self.timer = PhaseTimer()
         self.profile_root = Path(cfg.paths.output_dir) / "profile"  # train.run points it into the run's folder
         self.step_impl = AliveStep(cfg=cfg, domain=domain, generator=generator, templates=templates,
-                                   reward_mode=reward_mode, oracle=oracle, timer=self.timer,
+                                   reward_mode=reward_mode, oracle=oracle,
                                    use_adapter=self.use_adapter)
         self.alive_step = 0
         self.mlflow_run_id: str | None = None

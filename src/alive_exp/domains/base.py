@@ -79,8 +79,17 @@ class Domain(ABC):
     #: answer line the solver ends with; the parser reads what follows it
     answer_prefix: str = "Answer:"
 
-    def __init__(self, **options: Any) -> None:
-        self.options = options
+    def __init__(self, **unknown: Any) -> None:
+        """Subclasses take their options by name and pass the rest here: a leftover is a typo, an error."""
+        if unknown:
+            import inspect
+
+            named = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+            known = sorted({k for c in type(self).__mro__ if "__init__" in vars(c)
+                            for k, prm in inspect.signature(vars(c)["__init__"]).parameters.items()
+                            if k != "self" and prm.kind in named})
+            raise ValueError(f"unknown option(s) {sorted(unknown)} for domain {self.name!r} (benchmark.options); "
+                             f"known: {', '.join(known)}")
 
     # -- raw text ---------------------------------------------------------------------------
     def vocabulary(self) -> list[str]:
