@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import time
 
@@ -51,18 +50,14 @@ def main() -> None:
     templates = RoleTemplates(**OmegaConf.to_container(cfg.roles, resolve=True))
     gen = Generator(model, tok, batch_size=128)
     stream = W.Transcripts(domain, templates, domain.documents("train", w.train_docs, seed), dict(w.mix), seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=w.lr, weight_decay=w.weight_decay, betas=(0.9, 0.99))
-    horizon = max(int(w.cosine_steps or w.steps), 1)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / w.warmup_steps) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / horizon))))
+    opt, sched = W.optimizer_and_schedule(model, w)
     bench = trained.benchmarks()
     suites = {name: bench[name](size, 0) for name, size in
               (("math_validation", 100), ("math_longer", 100), ("math_sub", 100), ("math_heldout", 200)) if name in bench}
 
     def accuracy(tasks) -> float:
-        outs = [g[0].text for g in gen.generate([templates.render("solver", task=t.prompt) for t in tasks], n=1,
-                                                max_new_tokens=cfg.trainer.generation.solver_tokens, temperature=0.0)]
-        return sum(ok for ok, _ in trained.score_many(outs, tasks)) / len(tasks)
+        _, correct = W.greedy_solutions(gen, trained, templates, tasks, cfg.trainer.generation.solver_tokens)
+        return sum(correct) / len(tasks)
 
     start = time.perf_counter()
     for step in range(args.steps):

@@ -226,14 +226,12 @@ class AliveStep:
         # reviewer: likelihood on oracle critiques in warm-up, else rewarded for agreement and instruction
         flat = [a for g in attempts for a in g]
         blind = [a for a in flat if a.blind_critique is not None]
-        if not self.tr.reviews:
-            pass
-        elif warmup:
+        if self.tr.reviews and warmup:
             pairs = ([(a.critique_prompt, a.critique, ("review", a.task.id)) for a in flat]
                      + [(a.blind_prompt, a.blind_critique, ("review_blind", a.task.id)) for a in blind])
             out["reviewer"] = [Sample("reviewer", self.gen.encode_prompt(p), enc(c.text), 0.0, 1.0, "oracle", group=k)
                                for p, c, k in pairs if c.verdict is not None]
-        else:
+        elif self.tr.reviews:  # (trainer.reviews=false: solver-only, no reviewer samples)
             # one baseline per kind of review: blind verdicts are harder, and would otherwise always lose
             weight, fix_rate = self.agreement_weights(flat), self.fix_rate(flat)
             rewards = [self.reviewer_reward(a, weight[a.correct], fix_rate) for a in flat]

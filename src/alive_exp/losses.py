@@ -153,8 +153,12 @@ def shared_prefix_logprobs(model, samples: list[Sample], pad_id: int, temperatur
     (with their gradient) are repeated for every sample and the suffixes (rest of the prompt, completion) are
     run against them. Equal to the plain pass up to rounding (tests/test_losses.py); on a task's N solutions
     it skips N - 1 of N prompt passes."""
-    device = next(model.parameters()).device
-    ids, attn, _ = _batch(samples, pad_id, device)
+    ids, attn, _ = _batch(samples, pad_id, next(model.parameters()).device)
+    return _shared_prefix_logprobs(model, samples, ids, attn, temperature)
+
+
+def _shared_prefix_logprobs(model, samples: list[Sample], ids: torch.Tensor, attn: torch.Tensor,
+                            temperature: float) -> torch.Tensor:
     p = common_prefix(samples)
     if p < MIN_SHARED_PREFIX or len(samples) < 2:
         return token_logprobs(model, ids, attn, temperature)
@@ -162,7 +166,7 @@ def shared_prefix_logprobs(model, samples: list[Sample], pad_id: int, temperatur
     cache = out.past_key_values
     cache.batch_repeat_interleave(len(samples))
     suffix = ids[:, p:]
-    positions = torch.arange(p, ids.size(1), device=device).unsqueeze(0).expand(len(samples), -1)
+    positions = torch.arange(p, ids.size(1), device=ids.device).unsqueeze(0).expand(len(samples), -1)
     logits = model(input_ids=suffix, attention_mask=attn, past_key_values=cache, position_ids=positions,
                    use_cache=False).logits[:, :-1].float()
     if temperature != 1.0:
@@ -177,7 +181,7 @@ def role_loss(model, samples: list[Sample], *, pad_id: int, clip_eps: float, kl_
     """Loss of one micro-batch, normalised by the role's total completion tokens in the step."""
     device = next(model.parameters()).device
     ids, attn, mask = _batch(samples, pad_id, device)
-    logp = (shared_prefix_logprobs(model, samples, pad_id, temperature) if share_prefix
+    logp = (_shared_prefix_logprobs(model, samples, ids, attn, temperature) if share_prefix
             else token_logprobs(model, ids, attn, temperature))
     adv = torch.tensor([s.advantage for s in samples], device=device).unsqueeze(1)
     w = torch.tensor([s.nll_weight for s in samples], device=device).unsqueeze(1)

@@ -157,14 +157,30 @@ def likelihood_step(model, gen: Generator, pairs: list[tuple[str, str]], pad: in
     return loss_sum
 
 
+def greedy_solutions(gen: Generator, domain, templates: RoleTemplates, tasks, solver_tokens: int):
+    """The solver's greedy solution of each task, and whether the reference confirms it."""
+    outs = [g[0].text for g in gen.generate([templates.render("solver", task=t.prompt) for t in tasks], n=1,
+                                            max_new_tokens=solver_tokens, temperature=0.0)]
+    return outs, [ok for ok, _ in domain.score_many(outs, tasks)]
+
+
+def optimizer_and_schedule(model, w: DictConfig):
+    """AdamW with a linear warm-up and a cosine decay over `cosine_steps` (default: `steps`)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=w.lr, weight_decay=w.weight_decay, betas=(0.9, 0.99))
+    # a cosine horizon past the last step leaves the model in motion, not annealed into a minimum that the
+    # first RL steps knock it out of (measured: docs/learning_investigation.md, round 3)
+    horizon = max(int(w.cosine_steps or w.steps), 1)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / w.warmup_steps) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / horizon))))
+    return opt, sched
+
+
 def heldout_scores(gen: Generator, domain, templates: RoleTemplates, size: int, seed: int, solver_tokens: int,
                    reviewer_tokens: int) -> dict[str, float]:
     """Greedy solver accuracy on held-out tasks, and how often the reviewer (with the reference) judges
     those solutions right, as balanced accuracy over right and wrong ones."""
     tasks = domain.heldout_tasks(size, seed)
-    outs = [g[0].text for g in gen.generate([templates.render("solver", task=t.prompt) for t in tasks], n=1,
-                                            max_new_tokens=solver_tokens, temperature=0.0)]
-    correct = [ok for ok, _ in domain.score_many(outs, tasks)]
+    outs, correct = greedy_solutions(gen, domain, templates, tasks, solver_tokens)
     prompts = [templates.render("reviewer", task=t.prompt, reference=t.reference, solution=o) for t, o in zip(tasks, outs)]
     verdicts = [parse_critique(g[0].text).verdict
                 for g in gen.generate(prompts, n=1, max_new_tokens=reviewer_tokens, temperature=0.0)]
@@ -188,12 +204,10 @@ def _stopping_check(cfg: DictConfig, gen: Generator, templates: RoleTemplates):
         raise ValueError(f"warmstart.stop_accuracy needs a validation suite; domain {cfg.benchmark.domain!r} with these "
                          f"options has none (suites: {sorted(suites)}). Set warmstart.stop_accuracy=null.")
     tasks = suites[name](int(w.check_size), 0)
-    prompts = [templates.render("solver", task=t.prompt) for t in tasks]
-    tokens = cfg.trainer.generation.solver_tokens
 
     def accuracy() -> float:
-        outs = [g[0].text for g in gen.generate(prompts, n=1, max_new_tokens=tokens, temperature=0.0)]
-        return sum(ok for ok, _ in domain.score_many(outs, tasks)) / max(len(tasks), 1)
+        _, correct = greedy_solutions(gen, domain, templates, tasks, cfg.trainer.generation.solver_tokens)
+        return sum(correct) / max(len(tasks), 1)
 
     return accuracy
 
@@ -223,12 +237,7 @@ def _train_warmstart(cfg: DictConfig, out: Path, progress: bool) -> None:
     templates = RoleTemplates(**OmegaConf.to_container(cfg.roles, resolve=True))
     gen = Generator(model, tok, batch_size=128)
     stream = Transcripts(domain, templates, domain.documents("train", w.train_docs, seed), dict(w.mix), seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=w.lr, weight_decay=w.weight_decay, betas=(0.9, 0.99))
-    # a cosine horizon past the last step leaves the model in motion, not annealed into a minimum that the
-    # first RL steps knock it out of (measured: docs/learning_investigation.md, round 3)
-    horizon = max(int(w.cosine_steps or w.steps), 1)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / w.warmup_steps) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / horizon))))
+    opt, sched = optimizer_and_schedule(model, w)
     model.train()
     start, losses = time.perf_counter(), []
     check = _stopping_check(cfg, gen, templates)
@@ -249,8 +258,7 @@ def _train_warmstart(cfg: DictConfig, out: Path, progress: bool) -> None:
                     f"({threads} torch threads); nothing was cached. Raise warmstart.max_minutes (0 = no limit) or "
                     "lower warmstart.steps: the step count, not the clock, decides the weights.")
             if check is not None and step + 1 >= w.check_from and (step + 1) % w.check_every == 0:
-                checks.append((step + 1, check()))
-                model.train()
+                checks.append((step + 1, check()))  # generate restores the training mode
                 if checks[-1][1] >= w.stop_accuracy:
                     break
         if check is not None and (not checks or checks[-1][1] < w.stop_accuracy):
