@@ -58,7 +58,8 @@ def test_spans_must_be_values_the_working_computes():
 def test_heldout_suites_are_fixed_disjoint_from_training_and_from_validation():
     train = {d.text.splitlines()[0] for seed in (0, 1) for d in math.documents("train", 3000, seed)}
     suites = math.benchmarks()
-    assert set(suites) == {"math_heldout", "math_validation", "math_longer"}  # both operations are trained here
+    assert set(suites) == {"math_heldout", "math_validation", "math_longer", "math_longer_validation"}  # both ops trained
+    assert {"math_sub", "math_sub_validation"} <= set(domains.get("math", sources=["column_arithmetic"]).benchmarks())
     add_only = domains.get("math", sources=["column_arithmetic"])
     assert "math_sub" in add_only.benchmarks()
     held = {t.prompt for t in suites["math_heldout"](300, 0)}

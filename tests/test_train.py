@@ -166,6 +166,16 @@ def test_warm_start_stops_at_the_first_check_reaching_its_validation_accuracy(sm
                     "warmstart.check_every=3", "warmstart.check_size=4")
     metrics = json.loads((path / "metrics.json").read_text())
     assert metrics["steps"] == 12 and [c["step"] for c in metrics["validation_checks"]] == [6, 9, 12]
+    # a floor on a generalization suite's validation twin that is never reached keeps it going; each check
+    # records both suites' accuracy
+    path, _ = _warm(small_cfg, tmp_path, "warmstart.steps=9", "warmstart.stop_accuracy=0.0", "warmstart.check_from=6",
+                    "warmstart.check_every=3", "warmstart.check_size=4",
+                    "+warmstart.stop_floors.math_longer_validation=1.01")
+    checks = json.loads((path / "metrics.json").read_text())["validation_checks"]
+    assert [c["step"] for c in checks] == [6, 9] and all(set(c) == {"step", "math_validation", "math_longer_validation"}
+                                                         for c in checks)
+    with pytest.raises(ValueError, match="not validation suites"):
+        _warm(small_cfg, tmp_path, "warmstart.stop_accuracy=0.0", "+warmstart.stop_floors.math_longer=0.1")
     with pytest.raises(ValueError, match="validation suite"):
         _warm(small_cfg, tmp_path, "warmstart.stop_accuracy=0.3", "benchmark.options.sources=[basic_arithmetic]")
 

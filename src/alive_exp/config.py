@@ -198,6 +198,8 @@ class WarmstartConfig:
     cosine_steps: Optional[int] = None  # the cosine schedule's horizon (null: `steps`, annealed to zero)
     max_minutes: float = 6.0
     stop_accuracy: Optional[float] = None  # stop at the first check where validation accuracy reaches it
+    # and, at that check, every named validation suite reaches its floor, e.g. {math_longer_validation: 0.12}
+    stop_floors: dict[str, float] = field(default_factory=dict)
     check_every: int = 5
     check_from: int = 100
     check_size: int = 100

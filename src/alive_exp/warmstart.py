@@ -10,7 +10,8 @@ start fine-tunes all weights on transcripts the domain's oracle writes for every
   self-correction has something to start from.
 
 It runs `warmstart.steps` steps, or stops earlier at the first check (every `check_every` steps from
-`check_from`) where greedy accuracy on the domain's validation suite reaches `stop_accuracy`: the learning
+`check_from`) where greedy accuracy on the domain's validation suite reaches `stop_accuracy` (and each suite of
+`stop_floors`, e.g. a generalization suite's validation twin, its floor): the learning
 curve is steep (one seed went 30% -> 59% held-out in 15 steps), so a fixed step count cannot leave every seed
 neither hopeless nor perfect, but a stop read off the weights can. The weights are a function of the
 config, the run seed and the torch thread count, never of the machine's speed
@@ -191,11 +192,16 @@ def heldout_scores(gen: Generator, domain, templates: RoleTemplates, size: int, 
 
 
 def _stopping_check(cfg: DictConfig, gen: Generator, templates: RoleTemplates):
-    """With `warmstart.stop_accuracy` set: a function returning greedy solver accuracy on the domain's
-    validation suite (never a held-out one), so the warm start can stop where its steep learning curve reaches
-    a chosen accuracy for every seed. The stop is a function of the weights, never of the clock."""
+    """With `warmstart.stop_accuracy` set: a function returning (stop?, greedy accuracy per suite) read off the
+    domain's validation suites (never a held-out one), so the warm start can stop where its steep learning
+    curve reaches a chosen accuracy for every seed: `<domain>_validation` at `stop_accuracy`, and every suite
+    of `stop_floors` at its floor (e.g. a generalization suite's validation twin, so the warm start can start
+    on it). The floors are only scored once the first condition holds. The stop is a function of the weights,
+    never of the clock."""
     w = cfg.warmstart
     if w.stop_accuracy is None:
+        if w.stop_floors:
+            raise ValueError("warmstart.stop_floors needs warmstart.stop_accuracy set")
         return None
     domain = domains.get(cfg.benchmark.domain, **trained_options(cfg))
     name = f"{cfg.benchmark.domain}_validation"
@@ -203,13 +209,24 @@ def _stopping_check(cfg: DictConfig, gen: Generator, templates: RoleTemplates):
     if name not in suites:
         raise ValueError(f"warmstart.stop_accuracy needs a validation suite; domain {cfg.benchmark.domain!r} with these "
                          f"options has none (suites: {sorted(suites)}). Set warmstart.stop_accuracy=null.")
-    tasks = suites[name](int(w.check_size), 0)
+    wanted = {name: float(w.stop_accuracy), **{str(k): float(v) for k, v in w.stop_floors.items()}}
+    unknown = [k for k in wanted if k not in suites or not k.endswith("_validation")]
+    if unknown:
+        raise ValueError(f"warmstart.stop_floors: {unknown} are not validation suites of domain "
+                         f"{cfg.benchmark.domain!r} (validation suites: "
+                         f"{sorted(k for k in suites if k.endswith('_validation'))})")
+    tasks = {k: suites[k](int(w.check_size), 0) for k in wanted}
 
-    def accuracy() -> float:
-        _, correct = greedy_solutions(gen, domain, templates, tasks, cfg.trainer.generation.solver_tokens)
-        return sum(correct) / max(len(tasks), 1)
+    def check() -> tuple[bool, dict[str, float]]:
+        scores: dict[str, float] = {}
+        for k, floor in wanted.items():
+            _, correct = greedy_solutions(gen, domain, templates, tasks[k], cfg.trainer.generation.solver_tokens)
+            scores[k] = sum(correct) / max(len(tasks[k]), 1)
+            if scores[k] < floor:
+                return False, scores
+        return True, scores
 
-    return accuracy
+    return check
 
 
 def build_warmstart(cfg: DictConfig, progress: bool = True) -> Path:
@@ -258,13 +275,15 @@ def _train_warmstart(cfg: DictConfig, out: Path, progress: bool) -> None:
                     f"({threads} torch threads); nothing was cached. Raise warmstart.max_minutes (0 = no limit) or "
                     "lower warmstart.steps: the step count, not the clock, decides the weights.")
             if check is not None and step + 1 >= w.check_from and (step + 1) % w.check_every == 0:
-                checks.append((step + 1, check()))  # generate restores the training mode
-                if checks[-1][1] >= w.stop_accuracy:
+                stop, scores = check()  # generate restores the training mode
+                checks.append({"step": step + 1, **scores})
+                if stop:
                     break
-        if check is not None and (not checks or checks[-1][1] < w.stop_accuracy):
-            log.warning("warm start: validation accuracy never reached warmstart.stop_accuracy=%s in %d steps "
-                        "(last check %s); it ran all of warmstart.steps", w.stop_accuracy, w.steps,
-                        checks[-1] if checks else "none")
+        else:
+            if check is not None:
+                log.warning("warm start: validation accuracy never reached warmstart.stop_accuracy=%s (floors %s) in "
+                            "%d steps (last check %s); it ran all of warmstart.steps", w.stop_accuracy,
+                            dict(w.stop_floors), w.steps, checks[-1] if checks else "none")
         train_s = time.perf_counter() - start
         model.eval()
         g = cfg.trainer.generation
@@ -279,7 +298,7 @@ def _train_warmstart(cfg: DictConfig, out: Path, progress: bool) -> None:
     tok.save_pretrained(tmp)
     metrics = {**scores, "steps": len(losses), "final_loss": losses[-1], "train_seconds": round(train_s, 1),
                "threads": threads, "seed": seed, "eval_size": int(w.eval_size),
-               "validation_checks": [{"step": k, "accuracy": a} for k, a in checks]}
+               "validation_checks": checks}
     (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
     tmp.rename(out)
     log.info("warm start cached at %s: held-out accuracy %.1f%%, reviewer balanced agreement %.1f%%, after %d steps "

@@ -382,11 +382,15 @@ class MathDomain(Domain):
             trained = self.columns["operations"]
             suites["math_validation"] = lambda size, seed: self._column_suite(size, "validation", trained, (lo, hi))
             # never trained on: the longer operand one digit longer than any trained (one more column), and the
-            # other operation (the cross-domain analogue)
-            suites["math_longer"] = lambda size, seed: self._column_suite(size, "heldout", trained, (lo, hi + 1), hi + 1)
-            for name, op in col.OPERATIONS.items():
-                if op not in trained:
-                    suites[f"math_{name}"] = lambda size, seed, _op=op: self._column_suite(size, "heldout", [_op], (lo, hi))
+            # other operation (the cross-domain analogue); each has a validation twin (validation buckets), which
+            # the warm start's stopping rule may read (`warmstart.stop_floors`), never the held-out suite
+            for split, tag in (("heldout", ""), ("validation", "_validation")):
+                suites[f"math_longer{tag}"] = (lambda size, seed, _s=split:
+                                               self._column_suite(size, _s, trained, (lo, hi + 1), hi + 1))
+                for name, op in col.OPERATIONS.items():
+                    if op not in trained:
+                        suites[f"math_{name}{tag}"] = (lambda size, seed, _op=op, _s=split:
+                                                       self._column_suite(size, _s, [_op], (lo, hi)))
         for name in self.hub_benchmarks:
             suites[name] = lambda size, seed, _n=name: hub.math_benchmark(_n, size, seed, self)
         return suites
