@@ -251,6 +251,13 @@ def _grouped(n: int, plen: int, seed: int = 0) -> list[Sample]:
                    advantage=float(i % 3) - 1.0, nll_weight=0.25 * (i % 2)) for i in range(n)]
 
 
+def _role_grads(lm, samples, share: bool):
+    lm.zero_grad()
+    loss, _ = role_loss(lm, samples, pad_id=PAD, clip_eps=0.2, kl_coef=0.0, total_tokens=40, share_prefix=share)
+    loss.backward()
+    return [p.grad.clone() for p in lm.parameters()]
+
+
 def test_shared_prefix_pass_gives_the_plain_logprobs_and_gradient(lm):
     from alive_exp.losses import prefix_groups, shared_prefix_logprobs
 
@@ -260,20 +267,24 @@ def test_shared_prefix_pass_gives_the_plain_logprobs_and_gradient(lm):
     shared = shared_prefix_logprobs(lm, samples, PAD) * mask
     assert shared.shape == plain.shape and torch.allclose(shared, plain, atol=1e-5)
 
-    def grads(share: bool):
-        lm.zero_grad()
-        loss, _ = role_loss(lm, samples, pad_id=PAD, clip_eps=0.2, kl_coef=0.0, total_tokens=40, share_prefix=share)
-        loss.backward()
-        return [p.grad.clone() for p in lm.parameters()]
-
-    for a, b in zip(grads(False), grads(True)):
+    for a, b in zip(*(_role_grads(lm, samples, share) for share in (False, True))):
         assert torch.allclose(a, b, atol=1e-5)
-    # micro-batches follow the step's groups (split at `size`), else identical prompts
+    # micro-batches are made of whole groups (the step's, else identical prompts; split at `size`), packed
     for s in samples:
         s.group = "task 0"
     other = _grouped(3, 12, seed=1)
     for s in other:
         s.group = "task 1"
-    groups = prefix_groups(samples + other + _samples(4), size=4)
-    assert sorted(len(g) for g in groups) == [1, 1, 1, 1, 2, 3, 4]
-    assert all(len({s.group if s.group else tuple(s.prompt_ids) for s in g}) == 1 for g in groups)
+    lone = _samples(4)
+    chunks = prefix_groups(samples + other + lone, size=4)
+    assert all(len(c) <= 4 for c in chunks) and sum(len(c) for c in chunks) == 13 and len(chunks) == 4
+    assert sum(any(s.group == "task 0" for s in c) for c in chunks) == 2  # 6 samples: split once
+    assert sum(any(s.group == "task 1" for s in c) for c in chunks) == 1  # 3 samples: never split
+    # one call over several groups, each with its own prefix and positions, equals the plain pass
+    mixed = samples[:3] + other + lone[:2]
+    ids, attn, mask = _batch(mixed, PAD, torch.device("cpu"))
+    plain = token_logprobs(lm, ids, attn) * mask
+    packed = shared_prefix_logprobs(lm, mixed, PAD) * mask
+    assert torch.allclose(packed, plain, atol=1e-5), (packed - plain).abs().max()
+    for a, b in zip(*(_role_grads(lm, mixed, share) for share in (False, True))):
+        assert torch.allclose(a, b, atol=1e-5)

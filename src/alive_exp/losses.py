@@ -117,7 +117,7 @@ def token_logprobs(model, ids: torch.Tensor, attn: torch.Tensor, temperature: fl
     return torch.nn.functional.pad(logp, (1, 0))
 
 
-MIN_SHARED_PREFIX = 8  # shorter common prefixes are not worth a second forward call
+MIN_SHARED_PREFIX = 8  # fewer prompt tokens saved are not worth a second forward call
 
 
 def common_prefix(samples: list[Sample]) -> int:
@@ -134,45 +134,82 @@ def common_prefix(samples: list[Sample]) -> int:
     return max(n, 0)
 
 
+def _group_key(s: Sample):
+    return s.group if s.group is not None else tuple(s.prompt_ids)
+
+
+def _length(s: Sample) -> int:
+    return len(s.prompt_ids) + len(s.completion_ids)
+
+
 def prefix_groups(samples: list[Sample], size: int) -> list[list[Sample]]:
-    """Micro-batches of at most `size` samples that share a prompt prefix: the samples of one `Sample.group`
-    (the step sets it: a task's N solutions, the reviews of one task's solutions) or of one identical prompt;
-    within a group, longest completions first; groups longest first."""
+    """Micro-batches of at most `size` samples made of whole prefix groups: the samples of one `Sample.group`
+    (the step sets it: a task's N solutions, the reviews of one task's solutions) or of one identical prompt,
+    a group larger than `size` split. Groups are packed together longest first, so one forward call serves
+    several groups (a call's fixed cost dominates a tiny model's update) and lengths within a call are close."""
     by_group: dict[object, list[Sample]] = {}
     for s in samples:
-        by_group.setdefault(s.group if s.group is not None else tuple(s.prompt_ids), []).append(s)
-    out = []
+        by_group.setdefault(_group_key(s), []).append(s)
+    pieces = []
     for group in by_group.values():
-        group.sort(key=lambda s: len(s.prompt_ids) + len(s.completion_ids), reverse=True)
-        out += [group[i:i + size] for i in range(0, len(group), size)]
-    return sorted(out, key=lambda g: len(g[0].prompt_ids) + len(g[0].completion_ids), reverse=True)
+        group.sort(key=_length, reverse=True)
+        pieces += [group[i:i + size] for i in range(0, len(group), size)]
+    chunks: list[list[Sample]] = []
+    for piece in sorted(pieces, key=lambda g: _length(g[0]), reverse=True):
+        if chunks and len(chunks[-1]) + len(piece) <= size:
+            chunks[-1] += piece
+        else:
+            chunks.append(list(piece))
+    return chunks
 
 
 def shared_prefix_logprobs(model, samples: list[Sample], pad_id: int, temperature: float = 1.0) -> torch.Tensor:
-    """`token_logprobs` of `_batch(samples)`, computing the prompts' common prefix once: its keys and values
-    (with their gradient) are repeated for every sample and the suffixes (rest of the prompt, completion) are
-    run against them. Equal to the plain pass up to rounding (tests/test_losses.py); on a task's N solutions
-    it skips N - 1 of N prompt passes."""
+    """`token_logprobs` of `_batch(samples)`, computing each prefix group's common prompt prefix once: one
+    forward call runs every group's prefix (right-padded), its keys and values (with their gradient) are
+    gathered for each sample of the group, and one more call runs every suffix (rest of the prompt,
+    completion) against them at its own positions. Equal to the plain pass on every completion token up to
+    rounding (tests/test_losses.py); on a task's N solutions it skips N - 1 of N prompt passes."""
     ids, attn, _ = _batch(samples, pad_id, next(model.parameters()).device)
     return _shared_prefix_logprobs(model, samples, ids, attn, temperature)
 
 
 def _shared_prefix_logprobs(model, samples: list[Sample], ids: torch.Tensor, attn: torch.Tensor,
                             temperature: float) -> torch.Tensor:
-    p = common_prefix(samples)
-    if p < MIN_SHARED_PREFIX or len(samples) < 2:
+    members: dict[object, list[int]] = {}
+    for i, s in enumerate(samples):
+        members.setdefault(_group_key(s), []).append(i)
+    groups = list(members.values())
+    prefix = [common_prefix([samples[i] for i in m]) for m in groups]
+    saved = sum((len(m) - 1) * p for m, p in zip(groups, prefix))  # prompt tokens not run again
+    if saved < MIN_SHARED_PREFIX or min(prefix) < 1:
         return token_logprobs(model, ids, attn, temperature)
-    out = model(input_ids=ids[:1, :p], attention_mask=attn[:1, :p], use_cache=True)
-    cache = out.past_key_values
-    cache.batch_repeat_interleave(len(samples))
-    suffix = ids[:, p:]
-    positions = torch.arange(p, ids.size(1), device=ids.device).unsqueeze(0).expand(len(samples), -1)
-    logits = model(input_ids=suffix, attention_mask=attn, past_key_values=cache, position_ids=positions,
-                   use_cache=False).logits[:, :-1].float()
+    dev, width = ids.device, ids.size(1)
+    pre_ids = ids.new_zeros((len(groups), max(prefix)))
+    pre_attn = torch.zeros_like(pre_ids)
+    row = torch.empty(len(samples), dtype=torch.long)
+    for g, (m, p) in enumerate(zip(groups, prefix)):
+        pre_ids[g, :p], pre_attn[g, :p] = ids[m[0], :p], 1
+        row[m] = g
+    row = row.to(dev)
+    start = torch.tensor(prefix, device=dev)[row]                 # each sample's first suffix position
+    rest = attn.sum(1) - start                                      # its suffix length (prompt rest + completion)
+    if int(rest.max()) < 2:  # no completion token anywhere: nothing to score
+        return torch.zeros(ids.shape, device=dev)
+    j = torch.arange(int(rest.max()), device=dev).unsqueeze(0)
+    valid = j < rest.unsqueeze(1)
+    positions = start.unsqueeze(1) + j
+    suffix = torch.where(valid, ids.gather(1, positions.clamp(max=width - 1)), 0)
+    cache = model(input_ids=pre_ids, attention_mask=pre_attn, use_cache=True).past_key_values
+    cache.batch_select_indices(row)
+    logits = model(input_ids=suffix, attention_mask=torch.cat([pre_attn[row], valid.long()], 1),
+                   past_key_values=cache, position_ids=positions, use_cache=False).logits[:, :-1].float()
     if temperature != 1.0:
         logits = logits / temperature
-    logp = torch.log_softmax(logits, dim=-1).gather(-1, suffix[:, 1:].unsqueeze(-1)).squeeze(-1)
-    return torch.nn.functional.pad(logp, (p + 1, 0))  # prefix positions and the first suffix token: prompt
+    lp = torch.log_softmax(logits, dim=-1).gather(-1, suffix[:, 1:].unsqueeze(-1)).squeeze(-1)
+    # back to the batch's layout: ids position t is predicted by suffix index t - start - 1
+    k = torch.arange(width, device=dev).unsqueeze(0) - start.unsqueeze(1) - 1
+    known = (k >= 0) & (k < (rest - 1).unsqueeze(1))
+    return torch.where(known, lp.gather(1, k.clamp(0, lp.size(1) - 1)), torch.zeros((), device=dev))
 
 
 def role_loss(model, samples: list[Sample], *, pad_id: int, clip_eps: float, kl_coef: float,
