@@ -111,8 +111,10 @@ def main() -> None:
     meta = {"command": command, "minutes": (time.perf_counter() - start) / 60, "steps": args.steps,
             "eval_size": args.eval_size, "warmstart_steps": (
                 f"at most {cfg.warmstart.steps} likelihood steps, stopping where validation accuracy reaches "
-                f"{cfg.warmstart.stop_accuracy}" if cfg.warmstart.stop_accuracy is not None
+                f"{cfg.warmstart.stop_accuracy}" + "".join(f" and {k} at least {v}" for k, v in cfg.warmstart.stop_floors.items())
+                if cfg.warmstart.stop_accuracy is not None
                 else f"{cfg.warmstart.steps} likelihood steps"), "learning_rates": lrs,
+            "eval_temperature": float(cfg.trainer.generation.eval_temperature),
             "machine": f"{os.cpu_count()} cores ({platform.machine()}), {args.jobs} runs at a time, "
                        f"{args.threads} torch thread each"}
     summary = study.write(data, COMPARISONS, meta, args.out)

@@ -160,7 +160,8 @@ def markdown(data: dict[str, Any], summary: dict[str, Any], meta: dict[str, Any]
                     for name, d in summary["differences"].items()]
             L += _table(["difference", *GAIN_METRICS], rows) + [""]
     L += ["## Levels", "",
-          "`accuracy`: greedy pass@1; `sampled`: mean correctness of 4 samples at T=1; `pass@4`; SCoRe self-correction "
+          f"`accuracy`: greedy pass@1; `sampled`: mean correctness of 4 samples at T={meta.get('eval_temperature', 1.0):g}; "
+          "`pass@4`; SCoRe self-correction "
           "(attempt 1, the model's own critique without the reference, attempt 2): `acc_t1`, `acc_t2`, "
           "`sc_delta` = `i_to_c` - `c_to_i`; `critique_agreement`: those blind verdicts against the reference check; "
           "`reviewer_agreement`: the reviewer with the reference on sampled solutions.", ""]
