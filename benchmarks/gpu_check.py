@@ -113,16 +113,6 @@ class PrintStep(pl.Callback):
                                                          if k.startswith(("time/", "tokens/"))), flush=True)
 
 
-class GenerationCopyOnDevice(pl.Callback):
-    """The merged-adapter generation copy (trainer.generation.merge_adapters) is no submodule of the
-    LightningModule, so Lightning leaves it on the CPU; decoding must run where training runs."""
-
-    def on_fit_start(self, trainer, module) -> None:
-        if module.generator.merged is not None:
-            module.generator.merged.plain.to(module.device)
-            module.generator.merged.stale()
-
-
 def mask_unknown_ids(model, known: int) -> None:
     """Logits of ids the tokenizer lacks become -inf at the LM head: never sampled, no probability mass.
 
@@ -146,7 +136,7 @@ def run_steps(cfg: DictConfig, steps: int) -> tuple[list[dict[str, float]], floa
     info = {"parameters_M": sum(p.numel() for p in module.model.parameters()) / 1e6,
             "trainable_M": sum(p.numel() for n, p in module.model.named_parameters() if ".lora_" in n) / 1e6}
     trainer = pl.Trainer(accelerator=cfg.hardware.accelerator, devices=1, precision=cfg.hardware.precision,
-                         logger=False, callbacks=[PrintStep(), GenerationCopyOnDevice()], max_epochs=1, max_steps=-1,
+                         logger=False, callbacks=[PrintStep()], max_epochs=1, max_steps=-1,
                          enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False,
                          num_sanity_val_steps=0)
     on_gpu = cfg.hardware.accelerator == "gpu"

@@ -21,12 +21,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 OUT = "dvc_outputs"
 SMOKE = [
-    "+experiment=math", "trainer.max_steps=4", "benchmark.eval_size=16", "benchmark.train_docs=200",
-    "trainer.docs_per_step=4", "trainer.max_tasks_per_step=4", "trainer.generation.constructor_tokens=12",
-    "trainer.generation.solver_tokens=24", "trainer.generation.reviewer_tokens=24",
-    "trainer.solutions_per_task=4", "warmstart.steps=40", "warmstart.eval_size=16",  # a short warm start: exercised, not converged
+    "+experiment=math", "+debug=smoke", "trainer.max_steps=4",  # conf/debug/smoke.yaml: a short warm start
     # the evaluate stage evaluates the checkpoint and logs to the run; evaluating in train too is double work
-    "trainer.eval_at_end=false", "trainer.progress_bar=false",
+    "trainer.eval_at_end=false",
 ]
 # where a pipeline run writes; relative to the repository root, where DVC runs every stage
 PIPELINE_PATHS = [

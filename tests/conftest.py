@@ -38,12 +38,8 @@ def small_cfg(tmp_path, shared_data):
     """A factory for tiny, fast configs: few docs, short generations, no progress bar."""
 
     def make(*overrides: str) -> DictConfig:
-        base = [
-            "+experiment=math", f"paths.data_dir={shared_data}", "trainer.progress_bar=false", "warmstart.enabled=false",
-            "benchmark.train_docs=200", "benchmark.eval_size=4", "trainer.docs_per_step=4",
-            "trainer.max_tasks_per_step=4", "trainer.solutions_per_task=4", "trainer.generation.solver_tokens=24",
-            "trainer.generation.reviewer_tokens=24", "trainer.generation.constructor_tokens=12",
-        ]
+        base = ["+experiment=math", "+debug=smoke", f"paths.data_dir={shared_data}", "warmstart.enabled=false",
+                "benchmark.eval_size=4"]
         return compose_cfg([*base, *overrides], tmp_path)
 
     return make

@@ -30,6 +30,14 @@ def test_every_group_option_composes(group, tmp_path):
         assert cfg[group] is not None
 
 
+@pytest.mark.parametrize("option", sorted(p.stem for p in (CONF / "debug").glob("*.yaml")))
+def test_debug_options_shrink_the_experiment_they_follow(option, tmp_path):
+    full = compose_cfg(["+experiment=math"], tmp_path)
+    cfg = compose_cfg(["+experiment=math", f"+debug={option}"], tmp_path)
+    assert cfg.trainer.solutions_per_task < full.trainer.solutions_per_task
+    assert cfg.benchmark.train_docs < full.benchmark.train_docs and not cfg.trainer.progress_bar
+
+
 def test_every_group_file_documents_itself():
     for path in CONF.rglob("*.yaml"):
         first = path.read_text().lstrip().splitlines()[0]
@@ -78,3 +86,26 @@ def test_a_misspelled_domain_option_fails_naming_it_and_the_known_ones():
     with _pytest.raises(ValueError, match=r"\['hide'\].*code"):
         domains.get("code", hide="answer")
     assert domains.get("logic").name == "logic"
+
+
+@pytest.mark.parametrize("key,bad", [
+    ("model.finetune", "lorra"), ("model.adapters", "per-role"), ("model.source", "hf"), ("model.dtype", "bf16"),
+    ("reward.mode", "verbl"), ("reward.advantage", "rlo"), ("trainer.optim.reviewer.schedule", "cosin"),
+    ("trainer.constructor", "rules"), ("oracle.kind", "vllm"),
+])
+def test_a_value_outside_an_enumeration_fails_naming_the_key_and_the_choices(key, bad, tmp_path):
+    with pytest.raises((ConfigCompositionException, ValidationError)) as err:
+        compose_cfg([f"{key}={bad}"], tmp_path)
+    text = str(err.value) + str(err.value.__cause__)
+    assert key in text and "expected one of" in text, text
+
+
+def test_enumerations_are_the_registered_choices_and_read_as_strings(tmp_path):
+    from alive_exp import config, losses, rewards
+
+    assert set(config.Mode) == set(rewards.REWARD_MODES) and set(config.Advantage) == set(losses.ADVANTAGES)
+    cfg = compose_cfg(["model.finetune=full"], tmp_path)
+    assert cfg.model.finetune == "full" and f"{cfg.reward.mode}" == "scalar"
+    from omegaconf import OmegaConf
+
+    assert "finetune: full" in OmegaConf.to_yaml(cfg)

@@ -303,3 +303,21 @@ def test_hf_oracle_missing_model_raises_clear_error(tmp_path) -> None:
     with pytest.raises(RuntimeError, match="oracle=rule") as err:
         oracle.critique([_req("x")])
     assert "no_such_model" in str(err.value)
+
+
+def test_a_training_run_logs_the_http_oracles_counters(server: _Server, small_cfg) -> None:
+    """oracle.kind=http writes the warm-up steps' critiques; each step logs its requests, retries and errors."""
+    from mlflow.tracking import MlflowClient
+
+    from alive_exp.train import run
+
+    server.queue(lambda body: (500, b'{"error": "busy"}', 0.0))  # one retry, then the echo server
+    cfg = small_cfg("trainer.max_steps=2", "trainer.warmup_steps=1", "oracle.kind=http", f"oracle.base_url={server.base_url}",
+                    "oracle.model=critic-1", "oracle.max_retries=2", "trainer.eval_at_end=false", "trainer.checkpoint_every=0")
+    out = run(cfg)
+    client = MlflowClient(cfg.logger.tracking_uri)
+    history = {k: [m.value for m in client.get_metric_history(out["mlflow_run_id"], f"oracle/{k}")]
+               for k in ("requests", "retries", "errors")}
+    reviews = len(server.seen) - 1  # the retried request was sent twice
+    assert history["requests"][0] == reviews > 0 and history["requests"][1] == 0  # step 1 is past warm-up
+    assert history["retries"] == [1.0, 0.0] and history["errors"] == [0.0, 0.0]

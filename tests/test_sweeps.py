@@ -17,12 +17,8 @@ from alive_exp.train import objective
 from conftest import CONF, REPO, compose_cfg
 
 SWEEPS = REPO / "sweeps"
-# the brief's tiny settings: one ALIVE step of 2 tasks x 2 solutions of 8 tokens
-TINY = ["trainer.max_steps=1", "benchmark.eval_size=2", "benchmark.train_docs=50", "trainer.docs_per_step=2",
-        "trainer.max_tasks_per_step=2", "trainer.solutions_per_task=2", "trainer.generation.solver_tokens=8",
-        "trainer.generation.reviewer_tokens=8", "trainer.generation.constructor_tokens=8", "benchmark.pass_k=[1]",
-        "trainer.progress_bar=false", "warmstart.enabled=false",
-        "hardware.torch_threads=1"]  # 1 thread: robust to a busy machine
+# conf/debug/tiny.yaml: one ALIVE step of 2 tasks x 2 solutions of 8 tokens, one torch thread
+TINY = ["+debug=tiny"]
 
 
 @pytest.fixture(scope="session")

@@ -170,7 +170,7 @@ def test_warm_start_stops_at_the_first_check_reaching_its_validation_accuracy(sm
     # records both suites' accuracy
     path, _ = _warm(small_cfg, tmp_path, "warmstart.steps=9", "warmstart.stop_accuracy=0.0", "warmstart.check_from=6",
                     "warmstart.check_every=3", "warmstart.check_size=4",
-                    "+warmstart.stop_floors.math_longer_validation=1.01")
+                    "warmstart.stop_floors.math_longer_validation=1.01")
     checks = json.loads((path / "metrics.json").read_text())["validation_checks"]
     assert [c["step"] for c in checks] == [6, 9] and all(set(c) == {"step", "math_validation", "math_longer_validation"}
                                                          for c in checks)

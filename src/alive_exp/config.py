@@ -1,17 +1,37 @@
 """Structured config schemas: Hydra validates every composed config against these dataclasses.
 
-A misspelled key or a wrong type fails at start-up with a message naming the key
-(e.g. `Key 'lrr' not in 'RoleOptimConfig'`). Defaults here mirror `conf/`; `conf/` documents them.
+A misspelled key, a wrong type or a value outside an enumeration fails at start-up with a message naming
+the key (e.g. `Key 'lrr' not in 'RoleOptimConfig'`, `Invalid value 'cosin', expected one of [constant, cosine,
+linear]`). Enumerations are `StrEnum`s whose member names are their values, so `cfg.model.finetune == "lora"`
+reads as before and logged params and saved configs hold the plain strings. Domain options are checked by
+each domain (`domains.base.Domain.__init__`). Defaults here mirror `conf/`; `conf/` documents them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def _choices(name: str, values: str) -> type[StrEnum]:
+    """An enumeration whose member names are its values (OmegaConf matches a value by member name)."""
+    return StrEnum(name, {v: v for v in values.split()})
+
+
+Source = _choices("Source", "tiny hub")
+Dtype = _choices("Dtype", "auto float32 bfloat16 float16")
+Finetune = _choices("Finetune", "lora full")
+Adapters = _choices("Adapters", "per_role shared")
+Mode = _choices("Mode", "scalar judge verbal fcp sft")
+Advantage = _choices("Advantage", "grpo rloo batch")
+Schedule = _choices("Schedule", "constant cosine linear")
+Constructor = _choices("Constructor", "learned rule")
+OracleKind = _choices("OracleKind", "rule hf http")
 
 
 @dataclass
@@ -38,13 +58,13 @@ class LoraConfig:
 @dataclass
 class ModelConfig:
     name: str = "tiny"
-    source: str = "tiny"  # tiny | hub
+    source: Source = Source.tiny
     pretrained: Optional[str] = None
     init_from: Optional[str] = None
-    dtype: str = "float32"
+    dtype: Dtype = Dtype.float32
     attn_implementation: str = "sdpa"
-    finetune: str = "lora"  # lora | full
-    adapters: str = "per_role"  # per_role | shared
+    finetune: Finetune = Finetune.lora
+    adapters: Adapters = Adapters.per_role
     lora: LoraConfig = field(default_factory=LoraConfig)
     tiny: TinyConfig = field(default_factory=TinyConfig)
 
@@ -63,8 +83,8 @@ class BenchmarkConfig:
 
 @dataclass
 class RewardConfig:
-    mode: str = "scalar"  # scalar | judge | verbal | fcp | sft
-    advantage: str = "grpo"  # grpo | rloo | batch
+    mode: Mode = Mode.scalar
+    advantage: Advantage = Advantage.grpo
     scale_by_std: bool = True
     negative_weight: float = 1.0
     clip_eps: float = 0.2
@@ -84,7 +104,7 @@ class RoleOptimConfig:
     lr: float = 5e-4
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
-    schedule: str = "constant"  # constant | cosine | linear
+    schedule: Schedule = Schedule.constant
     warmup_steps: int = 0
     grad_clip: float = 1.0
     loss_weight: float = 1.0
@@ -116,7 +136,7 @@ class TrainerConfig:
     spans_per_doc: int = 2  # M: constructor proposals per document
     solutions_per_task: int = 4  # N: solver samples per task
     max_tasks_per_step: int = 8
-    constructor: str = "learned"  # learned | rule
+    constructor: Constructor = Constructor.learned
     span_min_chars: int = 1
     span_max_chars: int = 40
     blind_review_share: float = 0.0
@@ -166,7 +186,7 @@ class PathsConfig:
 
 @dataclass
 class OracleConfig:
-    kind: str = "rule"  # rule | hf | http
+    kind: OracleKind = OracleKind.rule
     base_url: Optional[str] = None
     model: Optional[str] = None
     api_key_env: Optional[str] = "OPENAI_API_KEY"

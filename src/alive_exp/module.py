@@ -108,6 +108,7 @@ class AliveModule(pl.LightningModule):
                                    reward_mode=reward_mode, oracle=oracle,
                                    use_adapter=self.use_adapter)
         self.alive_step = 0
+        self.oracle_seen: dict[str, int] = {}  # the oracle's counters at the last step's metrics
         self.mlflow_run_id: str | None = None
         self.transcripts: list[dict[str, Any]] = []
         self.history: list[dict[str, float]] = []
@@ -290,6 +291,11 @@ class AliveModule(pl.LightningModule):
             m[f"tokens/{k}"] = float(v)
             m[f"tokens/{k}_share"] = v / generated if generated else 0.0  # of all tokens generated this step
             self.step_impl.tokens[k] = 0
+        # a remote critic's reliability this step: requests sent, extra attempts, critiques without usable text
+        stats = getattr(self.step_impl.oracle, "stats", None) or {}
+        for k, v in stats.items():
+            m[f"oracle/{k}"] = float(v - self.oracle_seen.get(k, 0))
+        self.oracle_seen = dict(stats)
         return m
 
     def record(self, metrics, proposals, attempts) -> None:
@@ -297,7 +303,7 @@ class AliveModule(pl.LightningModule):
         if self.logger is not None:
             self.logger.log_metrics(metrics, step=self.alive_step)
         every = self.cfg.trainer.log_transcripts_every
-        if not every or (self.alive_step - 1) % every:
+        if not self.cfg.logger.log_transcripts or not every or (self.alive_step - 1) % every:
             return
         k, step = self.cfg.trainer.transcripts_per_phase, self.alive_step - 1
         for p in [p for p in proposals if p.completion is not None][:k]:

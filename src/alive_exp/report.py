@@ -2,7 +2,8 @@
 
 Runs are grouped by (train domain, reward mode); seeds are the replicates. Every number comes from the
 tracking store as logged: final values are the runs' latest metric values, curves are their metric
-histories. Intervals are two-sided 95% t-intervals across seeds (none with a single seed).
+histories. Intervals are two-sided 95% t-intervals across seeds (none with a single seed). The figures
+are drawn in `alive_exp.plots`.
 """
 
 from __future__ import annotations
@@ -249,6 +250,8 @@ def build_report(client, experiment: str, parent: str | None = None) -> dict[str
 
 def write_report(data: dict[str, Any], out: str | Path, tracking_uri: str = "") -> Path:
     """report.md, report.json and the PNGs into `out`; returns the folder."""
+    from alive_exp.plots import render_plots  # not at the top: plots.py imports this module
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(data, indent=1) + "\n")
@@ -257,81 +260,8 @@ def write_report(data: dict[str, Any], out: str | Path, tracking_uri: str = "") 
     return out
 
 
-# -- plots ----------------------------------------------------------------------------------------
-def render_plots(data: dict[str, Any], out: Path) -> dict[str, str]:
-    """The report's PNGs; returns figure name -> file name for those drawn."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    many = len({r["domain"] for r in data["runs"]}) > 1
-    groups = list(dict.fromkeys((r["domain"], r["reward_mode"]) for r in data["runs"]))
-    colors = {g: plt.get_cmap("tab10")(i % 10) for i, g in enumerate(groups)}
-    drawn: dict[str, str] = {}
-
-    def save(fig, name: str) -> None:
-        if not fig.get_layout_engine():
-            fig.tight_layout()
-        fig.savefig(out / f"{name}.png", dpi=120)
-        plt.close(fig)
-        drawn[name] = f"{name}.png"
-
-    if data["curves"]:
-        fig, axes = plt.subplots(1, len(CURVE_METRICS), figsize=(5.5 * len(CURVE_METRICS), 4), squeeze=False)
-        for ax, key in zip(axes[0], CURVE_METRICS):
-            for c in (c for c in data["curves"] if c["metric"] == key):
-                g = (c["domain"], c["reward_mode"])
-                ax.plot(c["step"], c["mean"], marker="o", ms=3, color=colors[g],
-                        label=f"{_label(*g, many)} (n={max(c['n'])})")
-                ax.fill_between(c["step"], c["min"], c["max"], color=colors[g], alpha=0.15, linewidth=0)
-            shown = [v for c in data["curves"] if c["metric"] == key for v in c["min"] + c["max"]]
-            if shown and 0 <= min(shown) and max(shown) <= 1:  # rates: keep the full [0, 1] scale
-                ax.set_ylim(-0.03, 1.03)
-            ax.set(title=key, xlabel="ALIVE step", ylabel=key.split("/")[-1])
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.grid(alpha=0.3)
-        handles, labels = axes[0][0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8, frameon=False)
-        fig.tight_layout(rect=(0, 0.06 * (1 + (len(labels) - 1) // 5), 1, 1))
-        save(fig, "learning_curves")
-    benches = data["cross_domain"]["benchmarks"]
-    if benches:
-        cell = {(r["domain"], r["reward_mode"], r["metric"]): r for r in data["final"]}
-        fig, ax = plt.subplots(figsize=(max(5.0, 0.6 * len(benches) * len(groups) + 2.5), 4))
-        width = 0.8 / len(groups)
-        for i, g in enumerate(groups):
-            rows = [(j, cell[(*g, f"eval/{b}/accuracy")]) for j, b in enumerate(benches)
-                    if (*g, f"eval/{b}/accuracy") in cell]
-            for k, (j, row) in enumerate(rows):
-                x = j - 0.4 + width * (i + 0.5)
-                err = None if row["ci_low"] is None else [[row["mean"] - row["ci_low"]], [row["ci_high"] - row["mean"]]]
-                ax.bar(x, row["mean"], width, yerr=err, capsize=3, color=colors[g], alpha=0.8,
-                       label=_label(*g, many) if k == 0 else None)
-                ax.scatter([x] * len(row["values"]), row["values"], color="black", s=10, zorder=3)
-        ax.set_xticks(range(len(benches)), benches)
-        ax.set(ylabel="accuracy", title="final accuracy: mean, 95% interval, seeds as dots", ylim=(0, 1.05))
-        ax.legend(fontsize=8)
-        save(fig, "final_accuracy")
-        xd = data["cross_domain"]
-        grid = [[math.nan if v is None else v for v in row] for row in xd["accuracy"]]
-        fig, ax = plt.subplots(figsize=(1.6 * len(benches) + 2.5, 0.8 * len(xd["train_domains"]) + 1.8))
-        im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
-        for i, row in enumerate(xd["accuracy"]):
-            for j, v in enumerate(row):
-                ax.text(j, i, "-" if v is None else f"{v:.3f}\n(n={xd['n'][i][j]})", ha="center", va="center",
-                        fontsize=9, color="black" if v is not None and v > 0.6 else "white")
-        ax.set_xticks(range(len(benches)), benches)
-        ax.set_yticks(range(len(xd["train_domains"])), xd["train_domains"])
-        ax.set(xlabel="evaluation benchmark", ylabel="train domain", title="cross-domain accuracy")
-        fig.colorbar(im, ax=ax, label="accuracy")
-        save(fig, "cross_domain")
-    return drawn
-
-
 # -- Markdown ---------------------------------------------------------------------------------------
-def _label(domain: str, mode: str, many_domains: bool) -> str:
+def group_label(domain: str, mode: str, many_domains: bool) -> str:
     return f"{domain}/{mode}" if many_domains else mode
 
 
@@ -358,14 +288,15 @@ def markdown(data: dict[str, Any], figures: dict[str, str], tracking_uri: str = 
               f"![learning curves]({figures['learning_curves']})"]
     L += ["", "## Final metrics", "", "Training: values at the last ALIVE step.", ""]
     L += _table(["group", "n", *TRAIN_METRICS],
-                [(_label(*g, many), str(n_of[g]), *(fmt(cell.get((*g, k))) for k in TRAIN_METRICS)) for g in groups])
+                [(group_label(*g, many), str(n_of[g]), *(fmt(cell.get((*g, k))) for k in TRAIN_METRICS))
+                 for g in groups])
     for b in data["cross_domain"]["benchmarks"]:
         keys = [f"eval/{b}/accuracy"] + sorted(
             {r["metric"] for r in data["final"] if r["metric"].startswith(f"eval/{b}/pass_at_")}) + [
             f"eval/{b}/{k}" for k in REVIEWER]
         L += ["", f"Evaluation on `{b}`:", ""]
         L += _table(["group", "n", *(k.split("/", 2)[2] for k in keys)],
-                    [(_label(*g, many), str((cell.get((*g, keys[0])) or {}).get("n", 0)),
+                    [(group_label(*g, many), str((cell.get((*g, keys[0])) or {}).get("n", 0)),
                       *(fmt(cell.get((*g, k))) for k in keys)) for g in groups if (*g, keys[0]) in cell])
     if "final_accuracy" in figures:
         L += ["", f"![final accuracy]({figures['final_accuracy']})"]
@@ -374,7 +305,7 @@ def markdown(data: dict[str, Any], figures: dict[str, str], tracking_uri: str = 
               "Attempt 1, the model's own critique without the reference, attempt 2. "
               "delta = acc_t2 - acc_t1 = delta_i_to_c - delta_c_to_i.", ""]
         L += _table(["group", "benchmark", *SELF_CORRECTION],
-                    [(_label(r["domain"], r["reward_mode"], many), r["benchmark"],
+                    [(group_label(r["domain"], r["reward_mode"], many), r["benchmark"],
                       *(fmt(r.get(k)) for k in SELF_CORRECTION)) for r in data["self_correction"]])
     xd = data["cross_domain"]
     if xd["benchmarks"]:
@@ -388,8 +319,8 @@ def markdown(data: dict[str, Any], figures: dict[str, str], tracking_uri: str = 
     if data["cost"]:
         cost = {(r["domain"], r["reward_mode"], r["metric"]): r for r in data["cost"]}
         L += ["", "## Cost", "", "Mean per ALIVE step: generated tokens per role and step time (s).", ""]
-        L += _table(["group", *COST_METRICS], [(_label(*g, many), *(fmt(cost.get((*g, k)), 1) for k in COST_METRICS))
-                                               for g in groups])
+        L += _table(["group", *COST_METRICS],
+                    [(group_label(*g, many), *(fmt(cost.get((*g, k)), 1) for k in COST_METRICS)) for g in groups])
     return "\n".join(L) + "\n"
 
 

