@@ -27,6 +27,11 @@ def compose_cfg(overrides: list[str], root: Path | None = None) -> DictConfig:
         return compose(config_name="config", overrides=[*overrides, *extra])
 
 
+# a 60-step warm start (cached in the session's data folder): reviews and spans parse, answers mostly do not
+WARM60 = ("warmstart.enabled=true", "warmstart.steps=60", "warmstart.eval_size=4", "warmstart.check_from=30",
+          "warmstart.check_every=30", "warmstart.check_size=4", "hardware.torch_threads=1")
+
+
 @pytest.fixture(scope="session")
 def shared_data(tmp_path_factory) -> Path:
     """One data folder for the session, so the tiny model and tokenizer are built once."""

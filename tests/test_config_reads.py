@@ -15,7 +15,7 @@ import re
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from conftest import REPO
+from conftest import REPO, WARM60
 
 # leaf -> when it is read (the smoke run cannot reach it)
 CONDITIONAL = {
@@ -98,11 +98,8 @@ def interpolated(cfg: DictConfig) -> set[str]:
 def test_every_config_leaf_is_read_by_a_smoke_run(small_cfg):
     from alive_exp.train import run
 
-    cfg = small_cfg("trainer.max_steps=2", "reward=verbal", "warmstart.enabled=true", "warmstart.steps=60",
-                    "warmstart.eval_size=4", "warmstart.check_from=30", "warmstart.check_every=30",
-                    "warmstart.check_size=4",
-                    "trainer.checkpoint_every=1", "trainer.profile=true", "trainer.profile_steps=1",
-                    "trainer.eval_every=2", "hardware.torch_threads=1")
+    cfg = small_cfg(*WARM60, "trainer.max_steps=2", "reward=verbal", "trainer.checkpoint_every=1",
+                    "trainer.profile=true", "trainer.profile_steps=1", "trainer.eval_every=2")
     all_leaves = leaves(cfg)
     with Reads() as reads:
         run(cfg)

@@ -288,3 +288,26 @@ def test_shared_prefix_pass_gives_the_plain_logprobs_and_gradient(lm):
     assert torch.allclose(packed, plain, atol=1e-5), (packed - plain).abs().max()
     for a, b in zip(*(_role_grads(lm, mixed, share) for share in (False, True))):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_a_second_ppo_epoch_scores_against_the_stored_log_probs_and_the_clip_binds(lm):
+    samples = _samples(6)
+    kw = dict(pad_id=PAD, clip_eps=1e-3, kl_coef=0.0, total_tokens=40)
+    _, first = role_loss(lm, samples, **kw)
+    assert first["clipped"] == 0.0 and all(s.old_logps is not None for s in samples)  # ratio 1 everywhere
+    stored = [s.old_logps.clone() for s in samples]
+    with torch.no_grad():  # an optimizer step's worth of change to the policy
+        for p in lm.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    loss, second = role_loss(lm, samples, **kw)
+    assert all(torch.equal(a, s.old_logps) for a, s in zip(stored, samples))  # old log-probs are kept, not refreshed
+    pg_tokens = sum(len(s.completion_ids) for s in samples if s.advantage != 0)
+    assert 0 < second["clipped"] <= pg_tokens
+    # at clip_eps 0 the clip takes exactly the tokens whose ratio moved in the advantage's direction
+    _, third = role_loss(lm, samples, **{**kw, "clip_eps": 0.0})
+    ids, attn, _ = _batch(samples, PAD, torch.device("cpu"))
+    with torch.no_grad():
+        logp = token_logprobs(lm, ids, attn)
+    moved = sum(int(((logp[i, len(s.prompt_ids):len(s.prompt_ids) + len(s.completion_ids)] - s.old_logps)
+                     * s.advantage > 0).sum()) for i, s in enumerate(samples))
+    assert third["clipped"] == moved > 0

@@ -1,18 +1,20 @@
 """The sandbox contains hostile programs and only reports `passed` for programs that ran to their end.
 
 Each containment claim is checked from outside: the listener got no connection, the file does not
-exist, this process is alive, no process of a sandbox uid is left.
+exist, this process is alive, no process of the run is left the moment the call returns.
 """
 
 from __future__ import annotations
 
 import os
 import resource
+import secrets
 import socket
 import subprocess
 import tempfile
 import textwrap
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -36,6 +38,19 @@ def _sandbox_procs() -> list[int]:
     return pids
 
 
+def _procs_with(token: str) -> list[int]:
+    """Live pids whose command line holds token (a zombie's is empty)."""
+    pids = []
+    for name in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                if token.encode() in f.read():
+                    pids.append(int(name))
+        except OSError:
+            pass
+    return pids
+
+
 def _run(code: str, **kw) -> SandboxResult:
     return run_python(textwrap.dedent(code), **{"timeout_s": 3.0, **kw})
 
@@ -43,7 +58,7 @@ def _run(code: str, **kw) -> SandboxResult:
 def test_full_isolation_in_force_as_root():
     if os.geteuid() != 0:
         pytest.skip("the uid and namespace mechanisms need root")
-    assert set(ISOLATION) >= {"nonce", "rlimits", "pgroup", "uid", "netns", "mountns"}
+    assert set(ISOLATION) >= {"nonce", "rlimits", "reaper", "uid", "netns", "mountns"}
 
 
 def test_passing_program():
@@ -109,11 +124,8 @@ def test_fork_bomb_is_contained_and_cleaned_up():
                 pass
     """, timeout_s=2.0)
     assert not r.passed and r.timed_out
+    assert _sandbox_procs() == []  # killed and reaped before the call returned, zombies included
     assert subprocess.run(["true"]).returncode == 0  # this machine can still fork
-    deadline = time.monotonic() + 10  # killed children are zombies until init reaps them
-    while _sandbox_procs() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert _sandbox_procs() == []
 
 
 @needs("uid")
@@ -127,11 +139,48 @@ def test_escaped_daemon_is_killed_and_does_not_hold_the_run():
         print('main done')
     """)
     assert r.passed and r.stdout == "main done\n" and r.duration_s < 1.5, r
-    deadline = time.monotonic() + 10
-    while _sandbox_procs() and time.monotonic() < deadline:
-        time.sleep(0.05)
     assert _sandbox_procs() == []
 
+
+
+@pytest.mark.parametrize("ending", ["print('main done')", "while True: pass"])
+def test_no_process_of_the_run_outlives_the_call(ending):
+    token = f"alive-sbx-child-{secrets.token_hex(4)}"  # in the children's argv, nowhere else
+    sleeper = f"[sys.executable, '-c', 'import time; time.sleep(30)', {token!r}]"
+    r = _run(f"""
+        import os, subprocess, sys, time
+        subprocess.Popen({sleeper})  # stays in the run's session
+        if os.fork() == 0:
+            os.setsid()  # leaves the session, as a daemon would
+            os.execv(sys.executable, {sleeper})
+        time.sleep(0.5)  # both children are up
+        ENDING
+    """.replace("ENDING", ending), timeout_s=2.0)
+    assert r.passed == ("main" in ending) and r.timed_out == ("while" in ending), r
+    assert _procs_with(token) == []  # nothing of the run is alive once the call returns
+    if "uid" in ISOLATION:
+        assert _sandbox_procs() == []  # not even a zombie: all reaped before it returned
+    time.sleep(1.0)
+    assert _procs_with(token) == []
+
+
+def test_concurrent_calls_from_threads_neither_fork_nor_use_preexec_fn(monkeypatch):
+    # fork or preexec_fn in a threaded process can deadlock the child on a lock another thread held
+    popen = subprocess.Popen
+
+    def checked_popen(*args, **kwargs):
+        assert kwargs.get("preexec_fn") is None, "preexec_fn is unsafe in a threaded trainer"
+        return popen(*args, **kwargs)
+
+    def no_fork():
+        raise AssertionError("os.fork in a threaded trainer")
+
+    monkeypatch.setattr(subprocess, "Popen", checked_popen)
+    monkeypatch.setattr(os, "fork", no_fork)
+    code = "import time\ntime.sleep(0.2)\nprint({i} * {i})"
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda i: run_python(code.format(i=i), timeout_s=20.0), range(8)))
+    assert [(r.passed, r.stdout) for r in results] == [(True, f"{i * i}\n") for i in range(8)], results
 
 @needs("uid")
 def test_fork_count_is_capped():

@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from alive_exp import rewards
 from alive_exp.train import run
+from conftest import WARM60
 from conftest import REPO
 
 
@@ -210,3 +211,13 @@ def test_shared_prefix_update_trains_the_adapters_of_the_plain_update(small_cfg,
     moved = max(float(v.abs().max()) for f in plain for k, v in plain[f].items() if "lora_B" in k)
     # Adam's first steps are near sign(gradient): rounding-level gradient differences move a weight by ~1e-6
     assert moved > 1e-3 and worst < 1e-5, (moved, worst)
+
+
+def test_ppo_epochs_take_more_optimizer_steps_per_rollout_and_the_clip_binds(small_cfg):
+    # a short warm start, so reviews parse and the reviewer has policy-gradient samples with non-zero advantage
+    over = (*WARM60, "trainer.max_steps=2", "reward=scalar", "trainer.eval_at_end=false", "trainer.checkpoint_every=0",
+            "reward.clip_eps=0.01", "trainer.optim.reviewer.lr=1e-2")
+    once = run(small_cfg(*over))
+    assert once["update/reviewer/trained_samples"] > 0 and once["reviewer/clip_frac"] == 0.0  # one pass: ratio 1
+    twice = run(small_cfg(*over, "reward.ppo_epochs=2"))
+    assert twice["update/reviewer/trained_samples"] > 0 and twice["reviewer/clip_frac"] > 0.0

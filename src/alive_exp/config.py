@@ -88,6 +88,7 @@ class RewardConfig:
     scale_by_std: bool = True
     negative_weight: float = 1.0
     clip_eps: float = 0.2
+    ppo_epochs: int = 1  # passes (optimizer steps) over each rollout; > 1 makes clip_eps bind
     kl_coef: float = 0.0
     distill_coef: float = 1.0
     refine: bool = False

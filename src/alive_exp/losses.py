@@ -9,7 +9,7 @@ target (oracle critique, distilled revision, FCP) carries a weight. One token-le
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -81,6 +81,9 @@ class Sample:
     nll_weight: float = 0.0
     kind: str = "pg"  # pg | oracle | distill | fcp (for logging)
     group: object = None  # samples of one group share a prompt prefix, computed once (`shared_prefix_logprobs`)
+    # log-probs of the completion tokens under the policy that sampled it, set by the first PPO epoch's pass
+    # (`role_loss`), so later epochs' ratios move away from 1 and `clip_eps` binds (`reward.ppo_epochs`)
+    old_logps: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
 
 def contributing(samples: list[Sample], kl_coef: float) -> list[Sample]:
@@ -222,9 +225,19 @@ def role_loss(model, samples: list[Sample], *, pad_id: int, clip_eps: float, kl_
             else token_logprobs(model, ids, attn, temperature))
     adv = torch.tensor([s.advantage for s in samples], device=device).unsqueeze(1)
     w = torch.tensor([s.nll_weight for s in samples], device=device).unsqueeze(1)
-    # one update per rollout: old log-probs equal the current ones, so the ratio is 1 with a live gradient
-    ratio = torch.exp(logp - logp.detach())
-    pg = -torch.min(ratio * adv, torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps) * adv)
+    # the first pass over a rollout stores its log-probs as the old ones (ratio 1 with a live gradient);
+    # later PPO epochs score the same tokens against them, where the clip binds
+    old = torch.zeros_like(logp)
+    for i, s in enumerate(samples):
+        start, end = len(s.prompt_ids), len(s.prompt_ids) + len(s.completion_ids)
+        if s.old_logps is None:
+            s.old_logps = logp[i, start:end].detach().clone()
+        old[i, start:end] = s.old_logps.to(device)
+    old = torch.where(mask > 0, old, logp.detach())
+    ratio = torch.exp(logp - old)
+    clipped_term = torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps) * adv
+    pg = -torch.min(ratio * adv, clipped_term)
+    clipped = ((clipped_term < ratio * adv) & (mask > 0)).float()  # the clip took the gradient away
     per_token = pg - w * logp
     kl = torch.zeros((), device=device)
     if kl_coef > 0 and reference_logps is not None:
@@ -236,7 +249,8 @@ def role_loss(model, samples: list[Sample], *, pad_id: int, clip_eps: float, kl_
         kl = (kl_tok * mask).sum() / mask.sum().clamp(min=1)
     loss = (per_token * mask).sum() / max(total_tokens, 1)
     nll = -(logp * mask).sum() / mask.sum().clamp(min=1)
-    return loss, {"kl": float(kl.detach()), "nll": float(nll.detach()), "tokens": float(mask.sum())}
+    return loss, {"kl": float(kl.detach()), "nll": float(nll.detach()), "tokens": float(mask.sum()),
+                  "clipped": float(clipped.sum())}
 
 
 def reference_logprobs(model, samples: list[Sample], pad_id: int, disable_adapters,

@@ -179,7 +179,15 @@ class AliveModule(pl.LightningModule):
         return None
 
     def learn(self, samples: dict[str, list[Sample]]) -> dict[str, dict[str, float]]:
-        """One optimizer step per group; in a shared group the role losses are summed with their weights."""
+        """`reward.ppo_epochs` passes over the step's samples, each one optimizer step per group (in a shared
+        group the role losses are summed with their weights). The first pass stores each sample's log-probs;
+        later passes take their ratios against them, so `clip_eps` binds. Stats are the last pass's."""
+        stats: dict[str, dict[str, float]] = {}
+        for _ in range(max(int(self.cfg.reward.ppo_epochs), 1)):
+            stats = self._learn_once(samples)
+        return stats
+
+    def _learn_once(self, samples: dict[str, list[Sample]]) -> dict[str, dict[str, float]]:
         opts = self.optimizers()
         opts = opts if isinstance(opts, list) else [opts]
         stats: dict[str, dict[str, float]] = {}
@@ -212,7 +220,7 @@ class AliveModule(pl.LightningModule):
         weight = self.cfg.trainer.optim[role].loss_weight
         total = sum(len(x.completion_ids) for x in batch)  # the normaliser counts every sample
         batch = contributing(batch, self.cfg.reward.kl_coef)
-        st = {"loss": 0.0, "kl": 0.0, "nll": 0.0, "trained": float(len(batch))}
+        st = {"loss": 0.0, "kl": 0.0, "nll": 0.0, "clip_frac": 0.0, "trained": float(len(batch))}
         if not batch:
             return st
         self.use_adapter(role)
@@ -230,6 +238,7 @@ class AliveModule(pl.LightningModule):
             st["loss"] += float(loss.detach())
             st["kl"] += info["kl"] * frac
             st["nll"] += info["nll"] * frac
+            st["clip_frac"] += info["clipped"] / max(sum(len(x.completion_ids) for x in batch), 1)
         return st
 
     def profile_dir(self, step: int) -> Path | None:
@@ -254,6 +263,8 @@ class AliveModule(pl.LightningModule):
             # samples trained on (forward and backward) of the role's samples: zero-advantage ones are skipped
             m[f"update/{role}/trained_samples"] = losses.get(role, {}).get("trained", 0.0)
             m[f"update/{role}/samples"] = float(len(samples.get(role, [])))
+            # share of the role's trained completion tokens whose ratio the clip bound (last PPO epoch; 0 at ppo_epochs=1)
+            m[f"{role}/clip_frac"] = losses.get(role, {}).get("clip_frac", 0.0)
         m["solver/reward_mean"] = m["train/reward_mean"]
         m["solver/accuracy"] = M.mean([float(a.correct) for a in flat])
         m["solver/nll_targets"] = float(sum(1 for s in samples["solver"] if s.nll_weight > 0))
