@@ -157,6 +157,23 @@ def test_reviewer_agreement_is_class_balanced(small_cfg):
     assert unbalanced.agreement_weights(flat) == {True: 1.0, False: 1.0}
 
 
+def test_logged_reviewer_rewards_are_the_ones_it_was_trained_on(small_cfg):
+    module = build(small_cfg("reward=scalar"), evaluate=False)
+    s = module.step_impl
+    # one right solution of four: agreement is class-weighted (2 and 2/3), unlike a plain agreement rate
+    group = [_attempt(True, True), _attempt(False, True), _attempt(False, False), _attempt(False, False)]
+    samples = s.samples([], [group], warmup=False)
+    w = s.agreement_weights(group)
+    trained = [s.reviewer_reward(a, w[a.correct], s.fix_rate(group)) for a in group]
+    assert [a.review_reward for a in group] == pytest.approx(trained)
+    m = module.step_metrics([], [group], samples, {}, warmup=False)
+    assert m["reviewer/reward_mean"] == pytest.approx(sum(trained) / 4) == pytest.approx((2 + 4 / 3) / 4)
+    module.alive_step = 1  # transcripts are kept every trainer.log_transcripts_every steps, from the first
+    module.record(m, [], [group])
+    rewards = [t["reward"] for t in module.transcripts if t["phase"] == "review"]
+    assert rewards == pytest.approx(trained)
+
+
 @pytest.mark.parametrize("share", [0.0, 0.5, 1.0])
 def test_blind_review_share_adds_reviews_without_the_reference(small_cfg, share):
     s = build(small_cfg("trainer.warmup_steps=1", f"trainer.blind_review_share={share}"), evaluate=False).step_impl

@@ -55,6 +55,10 @@ class Attempt:
     blind_revision: Completion | None = None  # revised under the blind critique, as at test time
     blind_revision_correct: bool = False
     reward: float = 0.0
+    # the rewards the reviewer was trained on for this attempt's reviews (class-weighted, with the instructive
+    # bonus); None in warm-up steps (likelihood on oracle critiques) and without reviews
+    review_reward: float | None = None
+    blind_review_reward: float | None = None
 
 
 @dataclass
@@ -237,6 +241,10 @@ class AliveStep:
             rewards = [self.reviewer_reward(a, weight[a.correct], fix_rate) for a in flat]
             bweight = self.agreement_weights(blind)
             brewards = [self.reviewer_reward(a, bweight[a.correct], blind=True) for a in blind]
+            for a, r in zip(flat, rewards):
+                a.review_reward = r
+            for a, r in zip(blind, brewards):
+                a.blind_review_reward = r
             (adv,) = group_advantages([rewards], "batch", self.rcfg.scale_by_std)
             (badv,) = group_advantages([brewards], "batch", self.rcfg.scale_by_std)
             # the reviews of one task's solutions share the prompt up to the solution

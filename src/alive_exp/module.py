@@ -269,7 +269,11 @@ class AliveModule(pl.LightningModule):
         m["solver/accuracy"] = M.mean([float(a.correct) for a in flat])
         m["solver/nll_targets"] = float(sum(1 for s in samples["solver"] if s.nll_weight > 0))
         reviewed = [a for a in flat if a.critique is not None]  # all of them, unless trainer.reviews=false
-        m["reviewer/reward_mean"] = M.mean([self.step_impl.reviewer_reward(a) for a in reviewed]) if reviewed and not warmup else 0.0
+        # the rewards the reviewer was trained on (class-weighted, instructive bonus included); 0 in warm-up
+        trained = [a.review_reward for a in reviewed if a.review_reward is not None]
+        m["reviewer/reward_mean"] = M.mean(trained) if trained else 0.0
+        blind_trained = [a.blind_review_reward for a in flat if a.blind_review_reward is not None]
+        m["reviewer/blind_reward_mean"] = M.mean(blind_trained) if blind_trained else 0.0
         if reviewed:
             q = M.reviewer_quality([a.critique.verdict for a in reviewed], [a.correct for a in reviewed])
             m.update({f"reviewer/{k}": v for k, v in q.items()})
@@ -325,12 +329,12 @@ class AliveModule(pl.LightningModule):
             self.transcripts.append(dict(step=step, phase="solve", role="solver", prompt=a.prompt, completion=a.completion.text,
                                          reward=a.reward, outcome="correct" if a.correct else "incorrect",
                                          reason="" if a.answer is not None else "no parseable answer"))
-            reviews = [("review", a.critique_prompt, a.critique, False)] if a.critique is not None else []
+            reviews = [("review", a.critique_prompt, a.critique, a.review_reward)] if a.critique is not None else []
             if a.blind_critique is not None:
-                reviews.append(("review_blind", a.blind_prompt, a.blind_critique, True))
-            for phase, prompt, c, blind in reviews:
+                reviews.append(("review_blind", a.blind_prompt, a.blind_critique, a.blind_review_reward))
+            for phase, prompt, c, reward in reviews:  # the reward it was trained on (0.0 in warm-up: likelihood)
                 self.transcripts.append(dict(step=step, phase=phase, role="reviewer", prompt=prompt, completion=c.text,
-                                             reward=self.step_impl.reviewer_reward(a, blind=blind),
+                                             reward=0.0 if reward is None else reward,
                                              outcome={True: "correct", False: "incorrect", None: "no verdict"}[c.verdict],
                                              reason=c.error or ""))
             if a.revision is not None:
