@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from alive_exp import sandbox
+from alive_exp import sandbox, sandbox_launcher
 from alive_exp.sandbox import SandboxResult, run_many, run_python
 
 ISOLATION = run_python("pass").isolation
@@ -95,7 +95,7 @@ def test_cwd_home_and_tmpdir_are_private_and_writable():
         kept = {p.split(os.sep)[2] for p in KEPT}  # a virtualenv under /tmp stays visible at its path
         seen = {n for n in os.listdir('.') if not n.startswith('.keep')} - kept
         print(sorted(seen) == sorted(['main.py', 'here.txt', os.path.basename(path)]))
-    """.replace("KEPT", repr(sandbox._under_scratch())))
+    """.replace("KEPT", repr(sandbox_launcher._under_scratch())))
     assert r.passed and r.stdout == "True\n", r.stderr
 
 

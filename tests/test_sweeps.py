@@ -71,11 +71,14 @@ def test_launchers_compose_slurm_from_hardware_and_joblib():
     assert joblib.hydra.launcher._target_.endswith("JoblibLauncher") and joblib.hydra.launcher.n_jobs == 2
 
 
-def test_objective_is_a_float_preferring_held_out_accuracy():
+def test_objective_is_a_float_read_off_validation_suites_never_held_out_ones():
     assert objective({"train/reward_mean": 0.25}) == 0.25
-    assert objective({"train/reward_mean": 0.25, "eval/a/accuracy": 0.5, "eval/b/accuracy": 1.0,
-                      "eval/a/pass_at_4": 0.9}) == 0.75
+    assert objective({"train/reward_mean": 0.25, "eval/a_validation/accuracy": 0.5, "eval/b_validation/accuracy": 1.0,
+                      "eval/a_validation/pass_at_4": 0.9, "eval/math_heldout/accuracy": 0.0}) == 0.75
+    # held-out accuracy alone is never the objective
+    assert objective({"train/reward_mean": 0.25, "eval/math_heldout/accuracy": 0.9}) == 0.25
     assert isinstance(objective({}), float)
+    assert compose_sweep("lr_search").benchmark.eval_suites == ["math_validation"]
 
 
 def _parent(args):

@@ -221,8 +221,14 @@ def resumed_run_id(ckpt: str) -> str | None:
 
 
 def objective(final: dict[str, Any]) -> float:
-    """What a sweeper maximizes: mean held-out accuracy over the evaluated suites, else the last train reward."""
-    acc = [float(v) for k, v in final.items() if k.startswith("eval/") and k.endswith("/accuracy")]
+    """What a sweeper maximizes: mean greedy accuracy over the evaluated validation suites
+    (`eval/<suite>_validation/accuracy`), else the last train reward. Never a held-out suite: a sweep that
+    tuned on the suites it reports would report its own selection."""
+    acc = [float(v) for k, v in final.items()
+           if k.startswith("eval/") and k.endswith("/accuracy") and k.split("/")[1].endswith("_validation")]
+    if not acc and any(k.startswith("eval/") for k in final):
+        log.warning("objective: no validation suite was evaluated (benchmark.eval_suites); the sweeper gets the "
+                    "last train/reward_mean, never held-out accuracy")
     return sum(acc) / len(acc) if acc else float(final.get("train/reward_mean", 0.0))
 
 
