@@ -63,18 +63,24 @@ class Generator:
         return sorted(i for i in ids if i is not None)
 
     def chat(self, prompt: str) -> str:
+        """The model input: the chat template with a generation prompt, or the prompt itself for a tokenizer
+        without one (a base model)."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            return prompt
         return self.tokenizer.apply_chat_template(
             [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
         )
 
     def encode_prompt(self, prompt: str) -> list[int]:
         """Token ids of a chat-formatted prompt, memoised: rollout encodes a prompt once for N samples, and the
-        learner's likelihood targets (distillation, FCP, oracle critiques) reuse the same prompts."""
+        learner's likelihood targets (distillation, FCP, oracle critiques) reuse the same prompts. A rendered
+        chat template already carries any BOS the model expects; a raw prompt gets the tokenizer's own."""
         ids = self._prompt_ids.get(prompt)
         if ids is None:
             if len(self._prompt_ids) >= 16_384:  # bounded: prompts are mostly new every step
                 self._prompt_ids.clear()
-            ids = self._prompt_ids[prompt] = self.tokenizer(self.chat(prompt), add_special_tokens=False)["input_ids"]
+            raw = not getattr(self.tokenizer, "chat_template", None)
+            ids = self._prompt_ids[prompt] = self.tokenizer(self.chat(prompt), add_special_tokens=raw)["input_ids"]
         return list(ids)
 
     def encode_completion(self, text: str) -> list[int]:

@@ -51,6 +51,7 @@ class HFOracle:
         self.temperature = float(temperature)
         self.tokenizer: Any = None
         self.model: Any = None
+        self._gen: Any = None  # rollout.Generator over the loaded model
 
     def __repr__(self) -> str:
         return f"HFOracle(model={self.model_name_or_path!r}, device={self.device!r})"
@@ -94,11 +95,14 @@ class HFOracle:
     # -- critiques ----------------------------------------------------------------------------
     def render(self, prompt: str) -> str:
         """The model input: the chat template with a generation prompt when there is one, else the prompt."""
-        if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-            )
-        return prompt
+        return self._generator().chat(prompt)
+
+    def _generator(self):
+        from alive_exp.rollout import Generator
+
+        if self._gen is None:
+            self._gen = Generator(self.model, self.tokenizer, batch_size=self.batch_size)
+        return self._gen
 
     def critique(self, requests: list[CritiqueRequest]) -> list[Critique]:
         """One Critique per request, in order; generation failures become error Critiques."""
@@ -109,7 +113,7 @@ class HFOracle:
         for i in range(0, len(requests), self.batch_size):
             batch = requests[i : i + self.batch_size]
             try:
-                texts = self._generate([self.render(r.prompt) for r in batch])
+                texts = self._generate([r.prompt for r in batch])
             except Exception as e:  # noqa: BLE001 - one bad batch must not end the step
                 log.exception("hf oracle %s: generation failed", self.model_name_or_path)
                 reason = f"hf oracle: generation failed: {type(e).__name__}: {e}"
@@ -118,22 +122,8 @@ class HFOracle:
             out.extend(parse_critique(t) for t in texts)
         return out
 
-    def _generate(self, inputs: list[str]) -> list[str]:
-        import torch
-
-        # the rendered chat template already carries any BOS the model expects
-        has_template = bool(getattr(self.tokenizer, "chat_template", None))
-        enc = self.tokenizer(inputs, return_tensors="pt", padding=True, add_special_tokens=not has_template)
-        # some tokenizers add token_type_ids, which causal LMs' generate() rejects
-        enc = {k: enc[k].to(self.model.device) for k in ("input_ids", "attention_mask")}
-        gen: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "pad_token_id": self.tokenizer.pad_token_id}
-        if self.temperature > 0:
-            gen.update(do_sample=True, temperature=self.temperature)
-        else:
-            # explicit Nones silence warnings about sampling knobs left in the model's generation_config
-            gen.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        with torch.inference_mode():
-            ids = self.model.generate(**enc, **gen)
-        # decode only what the model added after the (left-padded) prompt
-        new = ids[:, enc["input_ids"].shape[1] :]
-        return self.tokenizer.batch_decode(new, skip_special_tokens=True)
+    def _generate(self, prompts: list[str]) -> list[str]:
+        """Through the rollout's generator (one generate path for every role and critic): left padding,
+        the chat template or the raw prompt, greedy or sampled, new tokens only."""
+        groups = self._generator().generate(prompts, n=1, max_new_tokens=self.max_new_tokens, temperature=self.temperature)
+        return [g[0].text for g in groups]
