@@ -55,6 +55,7 @@ def _cfg(args, root: str):
         f"trainer.docs_per_step={args.tasks}", f"trainer.max_tasks_per_step={args.tasks}",
         f"trainer.solutions_per_task={args.n}", f"trainer.generation.solver_tokens={args.max_new}",
         f"trainer.generation.reviewer_tokens={args.max_new}", "trainer.eval_at_end=false",
+        "trainer.generation.temperature=1.0",  # TRL's GRPOConfig below samples at 1.0 too
         "trainer.checkpoint_every=0", "trainer.log_transcripts_every=0", "trainer.progress_bar=false",
         "warmstart.enabled=false", f"paths.data_dir={args.data}", "benchmark.train_docs=500",
         f"hardware.torch_threads={args.threads}",
