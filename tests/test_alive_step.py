@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import re
 
 import pytest
@@ -9,9 +10,9 @@ import pytorch_lightning as pl
 import torch
 from mlflow.tracking import MlflowClient
 
-from alive_exp.alive import Attempt
+from alive_exp.alive import Attempt, Proposal
 from alive_exp.data import StepIndices
-from alive_exp.domains import Critique
+from alive_exp.domains import Critique, Task
 from alive_exp.losses import Sample
 from alive_exp.module import AliveModule
 from alive_exp.roles import ROLES
@@ -337,3 +338,48 @@ def test_warm_start_refiner_transcripts_never_hold_the_reference(small_cfg):
         # the critique it is conditioned on quotes only the task and the solution, never the hidden answer
         leaks += reference in set(re.findall(r"\d+", critique)) - set(re.findall(r"\d+", solution))
     assert leaks == 0
+
+
+def test_revisions_share_one_baseline_across_the_step_so_a_lone_revision_learns(small_cfg):
+    s = _step(small_cfg, "verbal")
+    # two tasks, each with one revised solution: one revision fixed it, the other did not
+    fixed, failed = _attempt(False, False, revision_correct=True), _attempt(False, False, revision_correct=False)
+    failed.task = Task("u", "math", "Question: Calculate 2 + 5.", "7")
+    out = s.samples([], [[fixed, _attempt(True, True)], [failed, _attempt(True, True)]], warmup=False)
+    refine = [x for x in out["solver"] if x.kind == "refine"]
+    assert [x.advantage for x in refine] == pytest.approx([0.5, -0.5])  # per task, both would be 0
+
+
+def test_the_task_cut_is_a_seeded_draw_and_cut_proposals_are_not_scored(small_cfg):
+    s = build(small_cfg("trainer.constructor=rule", "trainer.max_tasks_per_step=3", "trainer.spans_per_doc=1"),
+              evaluate=False).step_impl
+    docs = s.domain.documents("train", 12, 0)
+    kept = {step: [t.doc_id for t in s.construct(docs, step)[1]] for step in range(4)}
+    assert all(len(k) == 3 for k in kept.values())
+    assert kept[0] == [t.doc_id for t in s.construct(docs, 0)[1]]  # seeded by (seed, step)
+    assert len({tuple(k) for k in kept.values()}) > 1 and any(k != [d.id for d in docs[:3]] for k in kept.values())
+    # a learned constructor's cut proposals get no reward and no sample
+    learned = build(small_cfg("trainer.max_tasks_per_step=2", "trainer.spans_per_doc=1"), evaluate=False).step_impl
+    proposals = [Proposal(d, "x", learned.domain.check_span(d, learned.domain.propose_spans(d, 1, random.Random(0))[0]),
+                          Completion("c", "x", [1], [2], False)) for d in docs[:4]]
+    for p in proposals:
+        p.task = learned.domain.make_task(p.doc, p.check.start, p.check.end)
+    for p in proposals[2:]:
+        p.cut = True
+    attempts = [[_attempt(True, True), _attempt(False, True)] for _ in range(2)]
+    for g, p in zip(attempts, proposals):
+        for a in g:
+            a.task = p.task
+    out = learned.samples(proposals, attempts, warmup=False)
+    assert len(out["constructor"]) == 2 and all(p.reward == 0.0 for p in proposals[2:])
+
+
+def test_a_fallback_span_obeys_the_span_length_limits(small_cfg):
+    s = build(small_cfg("trainer.span_max_chars=1"), evaluate=False).step_impl
+    doc = s.domain.documents("train", 1, 0)[0]
+    spans = s.domain.propose_spans(doc, 8, random.Random(0))
+    assert all(len(x) > 1 for x in spans)  # every rule span of a column problem is longer than one character
+    s.use_adapter = lambda role: None
+    s._sample = lambda *a, **k: [[Completion("c", "no span here", [1], [2], False)] * 2]  # an unparseable proposal
+    _, tasks = s.construct([doc], 0)
+    assert tasks == []

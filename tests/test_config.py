@@ -90,7 +90,7 @@ def test_a_misspelled_domain_option_fails_naming_it_and_the_known_ones():
 
 @pytest.mark.parametrize("key,bad", [
     ("model.finetune", "lorra"), ("model.adapters", "per-role"), ("model.source", "hf"), ("model.dtype", "bf16"),
-    ("reward.mode", "verbl"), ("reward.advantage", "rlo"), ("trainer.optim.reviewer.schedule", "cosin"),
+    ("trainer.optim.reviewer.schedule", "cosin"),
     ("trainer.constructor", "rules"), ("oracle.kind", "vllm"),
 ])
 def test_a_value_outside_an_enumeration_fails_naming_the_key_and_the_choices(key, bad, tmp_path):
@@ -100,10 +100,12 @@ def test_a_value_outside_an_enumeration_fails_naming_the_key_and_the_choices(key
     assert key in text and "expected one of" in text, text
 
 
-def test_enumerations_are_the_registered_choices_and_read_as_strings(tmp_path):
-    from alive_exp import config, losses, rewards
+def test_enumerations_read_as_strings_and_registries_are_checked_at_start_up(tmp_path):
+    from alive_exp.train import build
 
-    assert set(config.Mode) == set(rewards.REWARD_MODES) and set(config.Advantage) == set(losses.ADVANTAGES)
+    for key, bad in (("reward.mode", "verbl"), ("reward.advantage", "rlo")):  # extensible registries
+        with pytest.raises(ValueError, match=rf"{key}='{bad}' is not registered: expected one of \[.*'"):
+            build(compose_cfg(["+experiment=math", f"{key}={bad}", "warmstart.enabled=false"], tmp_path))
     cfg = compose_cfg(["model.finetune=full"], tmp_path)
     assert cfg.model.finetune == "full" and f"{cfg.reward.mode}" == "scalar"
     from omegaconf import OmegaConf

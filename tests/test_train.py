@@ -209,8 +209,10 @@ def test_shared_prefix_update_trains_the_adapters_of_the_plain_update(small_cfg,
     assert plain.keys() == shared.keys()
     worst = max(float((plain[f][k] - shared[f][k]).abs().max()) for f in plain for k in plain[f])
     moved = max(float(v.abs().max()) for f in plain for k, v in plain[f].items() if "lora_B" in k)
-    # Adam's first steps are near sign(gradient): rounding-level gradient differences move a weight by ~1e-6
-    assert moved > 1e-3 and worst < 1e-5, (moved, worst)
+    # the gradients agree to ~1e-8 (tests/test_losses.py); Adam's steps are near sign(gradient) where a
+    # gradient is tiny, so 5 steps amplify rounding to a few 1e-5 on such weights; a wrong prefix or position
+    # moves them by the scale of training itself (> 1e-3)
+    assert moved > 1e-3 and worst < 1e-4, (moved, worst)
 
 
 def test_ppo_epochs_take_more_optimizer_steps_per_rollout_and_the_clip_binds(small_cfg):

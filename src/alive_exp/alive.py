@@ -34,6 +34,7 @@ class Proposal:
     completion: Completion | None = None  # None when the rule masker proposed it
     task: Task | None = None
     reward: float = 0.0
+    cut: bool = False  # a valid task left out by `trainer.max_tasks_per_step`: never solved, so never scored
 
 
 @dataclass
@@ -115,15 +116,25 @@ class AliveStep:
             if p.check.valid:
                 p.task = self.domain.make_task(p.doc, p.check.start, p.check.end)
                 tasks.setdefault(p.task.id, p.task)
-        # every document still yields a task: invalid proposals fall back to the rule masker's span
+        # every document still yields a task: invalid proposals fall back to the rule masker's first span that
+        # passes the same check as a learned one (trainer.span_min_chars / span_max_chars)
         for doc in docs:
             if not any(p.task for p in proposals if p.doc is doc):
-                for span in self.domain.propose_spans(doc, 1, rng):
-                    check = self.domain.check_span(doc, span)
+                for span in self.domain.propose_spans(doc, max(m, 4), rng):
+                    check = self.domain.check_span(doc, span, self.tr.span_min_chars, self.tr.span_max_chars)
                     if check.valid:
                         task = self.domain.make_task(doc, check.start, check.end)
                         tasks.setdefault(task.id, task)
-        return proposals, list(tasks.values())[: self.tr.max_tasks_per_step]
+                        break
+        kept = list(tasks.values())
+        if len(kept) > self.tr.max_tasks_per_step:  # a seeded draw across documents, not the first ones
+            cut_rng = random.Random(phase_seed(self.cfg.seed, step, "task-cut"))
+            keep = sorted(cut_rng.sample(range(len(kept)), self.tr.max_tasks_per_step))
+            kept = [kept[i] for i in keep]
+            ids = {t.id for t in kept}
+            for p in proposals:
+                p.cut = p.task is not None and p.task.id not in ids
+        return proposals, kept
 
     # 2. solve --------------------------------------------------------------------------------------
     def solve(self, tasks: list[Task], step: int) -> list[list[Attempt]]:
@@ -191,80 +202,97 @@ class AliveStep:
             else:
                 a.revision, a.revision_correct = g[0], ok
 
-    # 5. rewards -> samples for learn ---------------------------------------------------------------
+    # 5. rewards -> samples for learn: one function per role's reward ---------------------------------
     def samples(self, proposals: list[Proposal], attempts: list[list[Attempt]], warmup: bool) -> dict[str, list[Sample]]:
-        out: dict[str, list[Sample]] = {"constructor": [], "solver": [], "reviewer": []}
-        enc = self.gen.encode_completion
-        # solver: group-relative policy gradient over N solutions, plus the mode's likelihood targets
+        """What each role learns from this step."""
+        solver = self.solver_samples(attempts) + self.refine_samples(attempts)
+        return {"constructor": self.constructor_samples(proposals, attempts), "solver": solver,
+                "reviewer": self.reviewer_samples(attempts, warmup)}
+
+    def solver_samples(self, attempts: list[list[Attempt]]) -> list[Sample]:
+        """Group-relative policy gradient over each task's N solutions (the mode's reward), plus the mode's
+        likelihood targets (verbal distillation, FCP, the supervised control)."""
+        out: list[Sample] = []
         groups = [self.mode.solver_rewards([a.prompt for a in g], [a.completion.text for a in g],
                                           correct=[a.correct for a in g], critiques=[a.critique for a in g])
                   for g in attempts]
         advs = group_advantages(groups, self.rcfg.advantage, self.rcfg.scale_by_std)
         neg = self.rcfg.negative_weight  # < 1 damps the push-down on below-average solutions (W-REINFORCE)
         advs = [[a if a >= 0 else neg * a for a in adv] for adv in advs]
+        coef = {"distill": self.rcfg.distill_coef, "fcp": self.rcfg.fcp_coef, "sft": self.rcfg.sft_coef}
         for g, rewards, adv in zip(attempts, groups, advs):
             for a, r, ad in zip(g, rewards, adv):
                 a.reward = r
                 if self.mode.policy_gradient:
-                    out["solver"].append(Sample("solver", a.completion.prompt_ids, a.completion.completion_ids, ad,
-                                                group=("solve", a.task.id)))
-            revised = [a for a in g if a.revision is not None]
-            if self.mode.train_refiner:
-                # critique-guided refinement is itself a policy: revisions the reference confirms are reinforced,
-                # with one baseline for revisions under the reference critique and one under the blind critique
-                # (where a wrong rejection must be answered by keeping a right solution right)
-                for kind in ([(a.revision, a.revision_correct) for a in revised],
-                             [(a.blind_revision, a.blind_revision_correct) for a in g if a.blind_revision is not None]):
-                    if kind:
-                        (radv,) = group_advantages([[float(ok) for _, ok in kind]], "batch", False)
-                        out["solver"] += [Sample("solver", r.prompt_ids, r.completion_ids, ad, kind="refine",
-                                                 group=("refine", g[0].task.id)) for (r, _), ad in zip(kind, radv)]
-            confirmed = [a.revision.text for a in revised if a.revision_correct]
+                    out.append(Sample("solver", a.completion.prompt_ids, a.completion.completion_ids, ad,
+                                      group=("solve", a.task.id)))
+            confirmed = [a.revision.text for a in g if a.revision is not None and a.revision_correct]
             task = g[0].task
             shown = [self.shown(a.critique, task) for a in g] if self.mode.reads_critiques else [a.critique for a in g]
             for t in self.mode.targets(task, [a.completion.text for a in g], shown, confirmed,
                                        self.domain.solution_text(task)):
-                w = {"distill": self.rcfg.distill_coef, "fcp": self.rcfg.fcp_coef, "sft": self.rcfg.sft_coef}[t.kind]
-                out["solver"].append(Sample("solver", self.gen.encode_prompt(t.prompt), enc(t.completion), 0.0, w, t.kind,
-                                            group=(t.kind, task.id)))
-        # reviewer: likelihood on oracle critiques in warm-up, else rewarded for agreement and instruction
+                out.append(Sample("solver", self.gen.encode_prompt(t.prompt), self.gen.encode_completion(t.completion),
+                                  0.0, coef[t.kind], t.kind, group=(t.kind, task.id)))
+        return out
+
+    def refine_samples(self, attempts: list[list[Attempt]]) -> list[Sample]:
+        """Critique-guided refinement is itself a policy (modes that train the refiner): revisions the reference
+        confirms are reinforced, with one baseline across the step for revisions under the reference critique
+        and one for those under the blind critique (where a wrong rejection must be answered by keeping a right
+        solution right); a baseline per task would give a task's lone revision advantage 0."""
+        if not self.mode.train_refiner:
+            return []
+        flat = [a for g in attempts for a in g]
+        out: list[Sample] = []
+        for kind in ([(a.revision, a.revision_correct, a.task) for a in flat if a.revision is not None],
+                     [(a.blind_revision, a.blind_revision_correct, a.task) for a in flat if a.blind_revision is not None]):
+            if kind:
+                (radv,) = group_advantages([[float(ok) for _, ok, _ in kind]], "batch", False)
+                out += [Sample("solver", r.prompt_ids, r.completion_ids, ad, kind="refine", group=("refine", t.id))
+                        for (r, _, t), ad in zip(kind, radv)]
+        return out
+
+    def reviewer_samples(self, attempts: list[list[Attempt]], warmup: bool) -> list[Sample]:
+        """Likelihood on the oracle's critiques in warm-up steps; after it, agreement with the reference check
+        plus the instructive bonus, class-weighted, with one baseline per kind of review (blind verdicts are
+        harder, and would otherwise always lose). None with `trainer.reviews=false` (solver-only)."""
+        if not self.tr.reviews:
+            return []
         flat = [a for g in attempts for a in g]
         blind = [a for a in flat if a.blind_critique is not None]
-        if self.tr.reviews and warmup:
+        if warmup:
             pairs = ([(a.critique_prompt, a.critique, ("review", a.task.id)) for a in flat]
                      + [(a.blind_prompt, a.blind_critique, ("review_blind", a.task.id)) for a in blind])
-            out["reviewer"] = [Sample("reviewer", self.gen.encode_prompt(p), enc(c.text), 0.0, 1.0, "oracle", group=k)
-                               for p, c, k in pairs if c.verdict is not None]
-        elif self.tr.reviews:  # (trainer.reviews=false: solver-only, no reviewer samples)
-            # one baseline per kind of review: blind verdicts are harder, and would otherwise always lose
-            weight, fix_rate = self.agreement_weights(flat), self.fix_rate(flat)
-            rewards = [self.reviewer_reward(a, weight[a.correct], fix_rate) for a in flat]
-            bweight = self.agreement_weights(blind)
-            brewards = [self.reviewer_reward(a, bweight[a.correct], blind=True) for a in blind]
-            for a, r in zip(flat, rewards):
-                a.review_reward = r
-            for a, r in zip(blind, brewards):
-                a.blind_review_reward = r
-            (adv,) = group_advantages([rewards], "batch", self.rcfg.scale_by_std)
-            (badv,) = group_advantages([brewards], "batch", self.rcfg.scale_by_std)
-            # the reviews of one task's solutions share the prompt up to the solution
-            out["reviewer"] = [Sample("reviewer", a.critique_completion.prompt_ids, a.critique_completion.completion_ids, ad,
-                                      group=("review", a.task.id)) for a, ad in zip(flat, adv)]
-            out["reviewer"] += [Sample("reviewer", a.blind_completion.prompt_ids, a.blind_completion.completion_ids, ad,
-                                       group=("review_blind", a.task.id)) for a, ad in zip(blind, badv)]
-        # constructor: validity times learnability of its tasks for the current solver
-        if self.tr.constructor == "learned":
-            solve_rate = {g[0].task.id: sum(a.correct for a in g) / len(g) for g in attempts}
-            by_doc: dict[str, list[Proposal]] = {}
-            for p in proposals:
-                rate = solve_rate.get(p.task.id) if p.task else None
-                p.reward = self.rcfg.constructor_invalid if not p.check.valid else (learnability(rate) if rate is not None else 0.0)
-                by_doc.setdefault(p.doc.id, []).append(p)
-            cgroups = list(by_doc.values())
-            cadv = group_advantages([[p.reward for p in g] for g in cgroups], self.rcfg.advantage, self.rcfg.scale_by_std)
-            out["constructor"] = [Sample("constructor", p.completion.prompt_ids, p.completion.completion_ids, ad,
-                                         group=("construct", p.doc.id)) for g, adv in zip(cgroups, cadv) for p, ad in zip(g, adv)]
-        return out
+            return [Sample("reviewer", self.gen.encode_prompt(p), self.gen.encode_completion(c.text), 0.0, 1.0, "oracle",
+                           group=k) for p, c, k in pairs if c.verdict is not None]
+        weight, fix_rate, bweight = self.agreement_weights(flat), self.fix_rate(flat), self.agreement_weights(blind)
+        for a in flat:
+            a.review_reward = self.reviewer_reward(a, weight[a.correct], fix_rate)
+        for a in blind:
+            a.blind_review_reward = self.reviewer_reward(a, bweight[a.correct], blind=True)
+        (adv,) = group_advantages([[a.review_reward for a in flat]], "batch", self.rcfg.scale_by_std)
+        (badv,) = group_advantages([[a.blind_review_reward for a in blind]], "batch", self.rcfg.scale_by_std)
+        # the reviews of one task's solutions share the prompt up to the solution
+        return ([Sample("reviewer", a.critique_completion.prompt_ids, a.critique_completion.completion_ids, ad,
+                        group=("review", a.task.id)) for a, ad in zip(flat, adv)]
+                + [Sample("reviewer", a.blind_completion.prompt_ids, a.blind_completion.completion_ids, ad,
+                          group=("review_blind", a.task.id)) for a, ad in zip(blind, badv)])
+
+    def constructor_samples(self, proposals: list[Proposal], attempts: list[list[Attempt]]) -> list[Sample]:
+        """A learned constructor's proposals: validity times learnability of their tasks for the current
+        solver, group-relative per document. Tasks cut by `max_tasks_per_step` were never tried: no sample."""
+        if self.tr.constructor != "learned":
+            return []
+        solve_rate = {g[0].task.id: sum(a.correct for a in g) / len(g) for g in attempts}
+        by_doc: dict[str, list[Proposal]] = {}
+        for p in [p for p in proposals if not p.cut]:
+            rate = solve_rate.get(p.task.id) if p.task else None
+            p.reward = self.rcfg.constructor_invalid if not p.check.valid else (learnability(rate) if rate is not None else 0.0)
+            by_doc.setdefault(p.doc.id, []).append(p)
+        groups = list(by_doc.values())
+        advs = group_advantages([[p.reward for p in g] for g in groups], self.rcfg.advantage, self.rcfg.scale_by_std)
+        return [Sample("constructor", p.completion.prompt_ids, p.completion.completion_ids, ad, group=("construct", p.doc.id))
+                for g, adv in zip(groups, advs) for p, ad in zip(g, adv)]
 
     def agreement_weights(self, flat: list[Attempt]) -> dict[bool, float]:
         """Weights that make agreement on right and on wrong solutions count equally (balanced accuracy).

@@ -27,8 +27,6 @@ Source = _choices("Source", "tiny hub")
 Dtype = _choices("Dtype", "auto float32 bfloat16 float16")
 Finetune = _choices("Finetune", "lora full")
 Adapters = _choices("Adapters", "per_role shared")
-Mode = _choices("Mode", "scalar judge verbal fcp sft")
-Advantage = _choices("Advantage", "grpo rloo batch")
 Schedule = _choices("Schedule", "constant cosine linear")
 Constructor = _choices("Constructor", "learned rule")
 OracleKind = _choices("OracleKind", "rule hf http")
@@ -83,8 +81,10 @@ class BenchmarkConfig:
 
 @dataclass
 class RewardConfig:
-    mode: Mode = Mode.scalar
-    advantage: Advantage = Advantage.grpo
+    # registries, not enumerations: `rewards.reward_mode` and `losses.advantage` add entries; train.build
+    # refuses a name no entry has, naming the registered ones
+    mode: str = "scalar"  # scalar | judge | verbal | fcp | sft | any registered mode
+    advantage: str = "grpo"  # grpo | rloo | batch | any registered estimator
     scale_by_std: bool = True
     negative_weight: float = 1.0
     clip_eps: float = 0.2

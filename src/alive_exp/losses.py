@@ -8,6 +8,8 @@ target (oracle critique, distilled revision, FCP) carries a weight. One token-le
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -110,14 +112,40 @@ def _batch(samples: list[Sample], pad_id: int, device: torch.device):
     return ids.to(device), attn.to(device), mask.to(device)
 
 
-def token_logprobs(model, ids: torch.Tensor, attn: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """log p(token_t | tokens_<t) for every position (position 0 gets 0), under softmax(logits / temperature):
-    the distribution the sampler drew from, so the policy gradient scores what the policy sampled."""
-    logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
+def _logits(model, keep: int, **inputs) -> torch.Tensor:
+    """The model's logits at the last `keep` positions: computed only there when the model takes
+    `logits_to_keep` (every transformers causal LM), sliced from the full logits otherwise."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if _takes_logits_to_keep(type(base)):
+        return model(**inputs, logits_to_keep=keep).logits
+    return model(**inputs).logits[:, -keep:]
+
+
+@functools.cache
+def _takes_logits_to_keep(cls: type) -> bool:
+    return "logits_to_keep" in inspect.signature(cls.forward).parameters
+
+
+def _target_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log softmax(logits / temperature) at the targets, without materialising the full log-softmax (for a
+    large vocabulary that tensor, in fp32 over every position, is most of the learner's memory)."""
+    logits = logits.float()
     if temperature != 1.0:
         logits = logits / temperature
-    logp = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-    return torch.nn.functional.pad(logp, (1, 0))
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def token_logprobs(model, ids: torch.Tensor, attn: torch.Tensor, temperature: float = 1.0,
+                   first: int = 1) -> torch.Tensor:
+    """log p(token_t | tokens_<t) for every position t >= `first` (earlier positions get 0), under
+    softmax(logits / temperature): the distribution the sampler drew from, so the policy gradient scores what
+    the policy sampled. Logits are computed only where they are needed (`logits_to_keep`): with `first` the
+    batch's first completion position, the prompts' positions cost no vocabulary projection."""
+    first = max(int(first), 1)
+    keep = ids.size(1) - first + 1  # logits at positions first-1 .. W-1 predict tokens first .. W (the last unused)
+    logits = _logits(model, keep, input_ids=ids, attention_mask=attn)[:, :-1]
+    logp = _target_logprobs(logits, ids[:, first:], temperature)
+    return torch.nn.functional.pad(logp, (first, 0))
 
 
 MIN_SHARED_PREFIX = 8  # fewer prompt tokens saved are not worth a second forward call
@@ -185,7 +213,7 @@ def _shared_prefix_logprobs(model, samples: list[Sample], ids: torch.Tensor, att
     prefix = [common_prefix([samples[i] for i in m]) for m in groups]
     saved = sum((len(m) - 1) * p for m, p in zip(groups, prefix))  # prompt tokens not run again
     if saved < MIN_SHARED_PREFIX or min(prefix) < 1:
-        return token_logprobs(model, ids, attn, temperature)
+        return token_logprobs(model, ids, attn, temperature, first=min(len(s.prompt_ids) for s in samples))
     dev, width = ids.device, ids.size(1)
     pre_ids = ids.new_zeros((len(groups), max(prefix)))
     pre_attn = torch.zeros_like(pre_ids)
@@ -202,16 +230,19 @@ def _shared_prefix_logprobs(model, samples: list[Sample], ids: torch.Tensor, att
     valid = j < rest.unsqueeze(1)
     positions = start.unsqueeze(1) + j
     suffix = torch.where(valid, ids.gather(1, positions.clamp(max=width - 1)), 0)
-    cache = model(input_ids=pre_ids, attention_mask=pre_attn, use_cache=True).past_key_values
+    # logits only from the first suffix index any sample's completion needs (its prompt's end, minus one)
+    lead = int(min(len(s.prompt_ids) - prefix_of for s, prefix_of in zip(samples, start.tolist()))) - 1
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    pre = {"logits_to_keep": 1} if _takes_logits_to_keep(type(base)) else {}
+    cache = model(input_ids=pre_ids, attention_mask=pre_attn, use_cache=True, **pre).past_key_values
     cache.batch_select_indices(row)
-    logits = model(input_ids=suffix, attention_mask=torch.cat([pre_attn[row], valid.long()], 1),
-                   past_key_values=cache, position_ids=positions, use_cache=False).logits[:, :-1].float()
-    if temperature != 1.0:
-        logits = logits / temperature
-    lp = torch.log_softmax(logits, dim=-1).gather(-1, suffix[:, 1:].unsqueeze(-1)).squeeze(-1)
-    # back to the batch's layout: ids position t is predicted by suffix index t - start - 1
-    k = torch.arange(width, device=dev).unsqueeze(0) - start.unsqueeze(1) - 1
-    known = (k >= 0) & (k < (rest - 1).unsqueeze(1))
+    logits = _logits(model, suffix.size(1) - lead, input_ids=suffix,
+                     attention_mask=torch.cat([pre_attn[row], valid.long()], 1), past_key_values=cache,
+                     position_ids=positions, use_cache=False)[:, :-1]
+    lp = _target_logprobs(logits, suffix[:, lead + 1:], temperature)  # lp[:, i] scores suffix index lead + 1 + i
+    # back to the batch's layout: ids position t is suffix index t - start, i.e. lp column t - start - lead - 1
+    k = torch.arange(width, device=dev).unsqueeze(0) - start.unsqueeze(1) - lead - 1
+    known = (k >= 0) & (k < (rest - lead - 1).unsqueeze(1))
     return torch.where(known, lp.gather(1, k.clamp(0, lp.size(1) - 1)), torch.zeros((), device=dev))
 
 
@@ -222,7 +253,7 @@ def role_loss(model, samples: list[Sample], *, pad_id: int, clip_eps: float, kl_
     device = next(model.parameters()).device
     ids, attn, mask = _batch(samples, pad_id, device)
     logp = (_shared_prefix_logprobs(model, samples, ids, attn, temperature) if share_prefix
-            else token_logprobs(model, ids, attn, temperature))
+            else token_logprobs(model, ids, attn, temperature, first=min(len(s.prompt_ids) for s in samples)))
     adv = torch.tensor([s.advantage for s in samples], device=device).unsqueeze(1)
     w = torch.tensor([s.nll_weight for s in samples], device=device).unsqueeze(1)
     # the first pass over a rollout stores its log-probs as the old ones (ratio 1 with a live gradient);
@@ -260,5 +291,5 @@ def reference_logprobs(model, samples: list[Sample], pad_id: int, disable_adapte
     device = next(model.parameters()).device
     ids, attn, _ = _batch(samples, pad_id, device)
     with torch.inference_mode(), disable_adapters():
-        logp = token_logprobs(model, ids, attn, temperature)
+        logp = token_logprobs(model, ids, attn, temperature, first=min(len(s.prompt_ids) for s in samples))
     return logp.clone()

@@ -17,6 +17,7 @@ from alive_exp import distributed, domains, models, rewards, tracking
 from alive_exp.callbacks import (AliveCheckpoint, TranscriptFlush, config_fingerprint, find_resumable, read_run_info,
                                  write_run_info)
 from alive_exp.data import Corpus, StepIndices
+from alive_exp.losses import ADVANTAGES
 from alive_exp.evaluation import EvalSettings, Evaluator
 from alive_exp.module import AliveModule
 from alive_exp.oracles import Oracle, RuleOracle
@@ -94,6 +95,10 @@ def build(cfg: DictConfig, evaluate: bool = True) -> AliveModule:
         torch.set_num_threads(cfg.hardware.torch_threads)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     mode_cls = rewards.REWARD_MODES.get(cfg.reward.mode)
+    for key, name, known in (("reward.mode", cfg.reward.mode, rewards.REWARD_MODES),
+                             ("reward.advantage", cfg.reward.advantage, ADVANTAGES)):
+        if name not in known:
+            raise ValueError(f"{key}={name!r} is not registered: expected one of {sorted(known)}")
     if not cfg.trainer.reviews and mode_cls is not None and mode_cls.needs_reviews:
         raise ValueError(f"trainer.reviews=false runs no review phase, but reward={cfg.reward.mode} reads the "
                          "reviewer's verdicts or critiques; use reward=scalar or reward=sft, or trainer.reviews=true")
