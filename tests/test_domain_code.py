@@ -175,6 +175,7 @@ def test_benchmarks(code, monkeypatch):
     assert len(humaneval) == 4 and all(t.meta["kind"] == "function" for t in humaneval)
     io = suites["codeio_heldout"](4, 0)
     assert len(io) == 4 and all(t.meta["kind"] == "predict_output" for t in io)
+    assert [t.prompt for t in suites["codeio_heldout"](4, 7)] == [t.prompt for t in io]  # the same for every seed
     assert all(ok for ok, _ in code.score_many([code.solution_text(t) for t in humaneval + io], humaneval + io))
     row = {"task_id": 2, "prompt": "Write a function to find the shared elements of two lists.",
            "code": "def similar_elements(a, b):\n    return tuple(set(a) & set(b))\n", "test_imports": [],

@@ -38,6 +38,9 @@ def test_splits_are_disjoint_and_sized(logic, train_docs):
     questions = lambda docs: {d.meta["entry"]["question"] for d in docs}  # noqa: E731
     assert not questions(train_docs) & questions(test_docs)
     assert not questions(logic.documents("train", 300, seed=0)) & questions(test_docs)
+    # held-out documents are the same for every run seed; training documents are not
+    assert questions(logic.documents("test", 30, seed=5)) == questions(test_docs)
+    assert not questions(logic.documents("train", 300, seed=5)) & questions(test_docs)
     assert [d.id for d in logic.documents("train", 90, seed=0)] == [d.id for d in train_docs]
 
 

@@ -112,7 +112,7 @@ def documents(split: str, n: int, seed: int, *, split_seed: int, heldout_share: 
     pool = [p for p in programs() if is_heldout(code(p), split_seed, heldout_share) == (split == "test")
             and len(p["task_description"] + p["input_output_spec"] + code(p)) + 40 <= max_doc_chars
             and not _HAZARD.search(p["code_sample"] + p["input_generator"])]
-    stream = seed if split == "train" else seed + _TEST_STREAM
+    stream = seed if split == "train" else _TEST_STREAM  # held-out: the same documents for every run seed
     docs: list[Document] = []
     seen: set[str] = set()
     drawn = 0

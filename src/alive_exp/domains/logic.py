@@ -98,7 +98,7 @@ class LogicDomain(Domain):
         return int(digest[:8], 16) / 16**8 < self.heldout_share
 
     def _documents(self, source: str, split: str, n: int, seed: int) -> list[Document]:
-        stream = seed if split == "train" else seed + _TEST_STREAM
+        stream = seed if split == "train" else _TEST_STREAM  # held-out: the same documents for every run seed
         options = json.dumps(self.source_options.get(source, {}), sort_keys=True)
         docs: list[Document] = []
         seen: set[str] = set()
