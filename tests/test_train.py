@@ -221,5 +221,7 @@ def test_ppo_epochs_take_more_optimizer_steps_per_rollout_and_the_clip_binds(sma
             "reward.clip_eps=0.01", "trainer.optim.reviewer.lr=1e-2")
     once = run(small_cfg(*over))
     assert once["update/reviewer/trained_samples"] > 0 and once["reviewer/clip_frac"] == 0.0  # one pass: ratio 1
+    # the learner's log-probs are the sampler's (the merged generation copy against the PEFT forward, fp32)
+    assert once["rollout/logprob_gap_tokens"] > 0 and once["rollout/logprob_gap_max"] < 1e-4
     twice = run(small_cfg(*over, "reward.ppo_epochs=2"))
     assert twice["update/reviewer/trained_samples"] > 0 and twice["reviewer/clip_frac"] > 0.0

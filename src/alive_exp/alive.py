@@ -225,7 +225,7 @@ class AliveStep:
                 a.reward = r
                 if self.mode.policy_gradient:
                     out.append(Sample("solver", a.completion.prompt_ids, a.completion.completion_ids, ad,
-                                      group=("solve", a.task.id)))
+                                      group=("solve", a.task.id), sampler_logps=a.completion.sampler_logps))
             confirmed = [a.revision.text for a in g if a.revision is not None and a.revision_correct]
             task = g[0].task
             shown = [self.shown(a.critique, task) for a in g] if self.mode.reads_critiques else [a.critique for a in g]
@@ -248,8 +248,8 @@ class AliveStep:
                      [(a.blind_revision, a.blind_revision_correct, a.task) for a in flat if a.blind_revision is not None]):
             if kind:
                 (radv,) = group_advantages([[float(ok) for _, ok, _ in kind]], "batch", False)
-                out += [Sample("solver", r.prompt_ids, r.completion_ids, ad, kind="refine", group=("refine", t.id))
-                        for (r, _, t), ad in zip(kind, radv)]
+                out += [Sample("solver", r.prompt_ids, r.completion_ids, ad, kind="refine", group=("refine", t.id),
+                               sampler_logps=r.sampler_logps) for (r, _, t), ad in zip(kind, radv)]
         return out
 
     def reviewer_samples(self, attempts: list[list[Attempt]], warmup: bool) -> list[Sample]:
@@ -274,9 +274,11 @@ class AliveStep:
         (badv,) = group_advantages([[a.blind_review_reward for a in blind]], "batch", self.rcfg.scale_by_std)
         # the reviews of one task's solutions share the prompt up to the solution
         return ([Sample("reviewer", a.critique_completion.prompt_ids, a.critique_completion.completion_ids, ad,
-                        group=("review", a.task.id)) for a, ad in zip(flat, adv)]
+                        group=("review", a.task.id), sampler_logps=a.critique_completion.sampler_logps)
+                 for a, ad in zip(flat, adv)]
                 + [Sample("reviewer", a.blind_completion.prompt_ids, a.blind_completion.completion_ids, ad,
-                          group=("review_blind", a.task.id)) for a, ad in zip(blind, badv)])
+                          group=("review_blind", a.task.id), sampler_logps=a.blind_completion.sampler_logps)
+                   for a, ad in zip(blind, badv)])
 
     def constructor_samples(self, proposals: list[Proposal], attempts: list[list[Attempt]]) -> list[Sample]:
         """A learned constructor's proposals: validity times learnability of their tasks for the current
@@ -291,8 +293,8 @@ class AliveStep:
             by_doc.setdefault(p.doc.id, []).append(p)
         groups = list(by_doc.values())
         advs = group_advantages([[p.reward for p in g] for g in groups], self.rcfg.advantage, self.rcfg.scale_by_std)
-        return [Sample("constructor", p.completion.prompt_ids, p.completion.completion_ids, ad, group=("construct", p.doc.id))
-                for g, adv in zip(groups, advs) for p, ad in zip(g, adv)]
+        return [Sample("constructor", p.completion.prompt_ids, p.completion.completion_ids, ad, group=("construct", p.doc.id),
+                       sampler_logps=p.completion.sampler_logps) for g, adv in zip(groups, advs) for p, ad in zip(g, adv)]
 
     def agreement_weights(self, flat: list[Attempt]) -> dict[bool, float]:
         """Weights that make agreement on right and on wrong solutions count equally (balanced accuracy).

@@ -86,6 +86,9 @@ class Sample:
     # log-probs of the completion tokens under the policy that sampled it, set by the first PPO epoch's pass
     # (`role_loss`), so later epochs' ratios move away from 1 and `clip_eps` binds (`reward.ppo_epochs`)
     old_logps: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    # the sampler's log-probs of the completion tokens (rollout.Completion.sampler_logps), None for targets
+    # the sampler did not write; the learner's first pass compares its own with them (`rollout/logprob_gap`)
+    sampler_logps: list[float] | None = field(default=None, repr=False, compare=False)
 
 
 def contributing(samples: list[Sample], kl_coef: float) -> list[Sample]:
@@ -259,10 +262,13 @@ def role_loss(model, samples: list[Sample], *, pad_id: int, clip_eps: float, kl_
     # the first pass over a rollout stores its log-probs as the old ones (ratio 1 with a live gradient);
     # later PPO epochs score the same tokens against them, where the clip binds
     old = torch.zeros_like(logp)
+    gaps: list[torch.Tensor] = []
     for i, s in enumerate(samples):
         start, end = len(s.prompt_ids), len(s.prompt_ids) + len(s.completion_ids)
         if s.old_logps is None:
             s.old_logps = logp[i, start:end].detach().clone()
+            if s.sampler_logps is not None and len(s.sampler_logps) == end - start:
+                gaps.append((s.old_logps.cpu() - torch.tensor(s.sampler_logps)).abs())
         old[i, start:end] = s.old_logps.to(device)
     old = torch.where(mask > 0, old, logp.detach())
     ratio = torch.exp(logp - old)
@@ -280,8 +286,10 @@ def role_loss(model, samples: list[Sample], *, pad_id: int, clip_eps: float, kl_
         kl = (kl_tok * mask).sum() / mask.sum().clamp(min=1)
     loss = (per_token * mask).sum() / max(total_tokens, 1)
     nll = -(logp * mask).sum() / mask.sum().clamp(min=1)
+    gap = torch.cat(gaps) if gaps else torch.zeros(0)
     return loss, {"kl": float(kl.detach()), "nll": float(nll.detach()), "tokens": float(mask.sum()),
-                  "clipped": float(clipped.sum())}
+                  "clipped": float(clipped.sum()), "gap_sum": float(gap.sum()), "gap_tokens": float(gap.numel()),
+                  "gap_max": float(gap.max()) if gap.numel() else 0.0}
 
 
 def reference_logprobs(model, samples: list[Sample], pad_id: int, disable_adapters,

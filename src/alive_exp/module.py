@@ -181,10 +181,13 @@ class AliveModule(pl.LightningModule):
     def learn(self, samples: dict[str, list[Sample]]) -> dict[str, dict[str, float]]:
         """`reward.ppo_epochs` passes over the step's samples, each one optimizer step per group (in a shared
         group the role losses are summed with their weights). The first pass stores each sample's log-probs;
-        later passes take their ratios against them, so `clip_eps` binds. Stats are the last pass's."""
-        stats: dict[str, dict[str, float]] = {}
-        for _ in range(max(int(self.cfg.reward.ppo_epochs), 1)):
+        later passes take their ratios against them, so `clip_eps` binds. Stats are the last pass's, but for
+        the sampler/learner gap, which only the first pass (the policy that sampled) measures."""
+        first = stats = self._learn_once(samples)
+        for _ in range(max(int(self.cfg.reward.ppo_epochs), 1) - 1):
             stats = self._learn_once(samples)
+        for role, st in stats.items():
+            st.update({k: first[role][k] for k in ("gap_sum", "gap_tokens", "gap_max")})
         return stats
 
     def _learn_once(self, samples: dict[str, list[Sample]]) -> dict[str, dict[str, float]]:
@@ -220,7 +223,8 @@ class AliveModule(pl.LightningModule):
         weight = self.cfg.trainer.optim[role].loss_weight
         total = sum(len(x.completion_ids) for x in batch)  # the normaliser counts every sample
         batch = contributing(batch, self.cfg.reward.kl_coef)
-        st = {"loss": 0.0, "kl": 0.0, "nll": 0.0, "clip_frac": 0.0, "trained": float(len(batch))}
+        st = {"loss": 0.0, "kl": 0.0, "nll": 0.0, "clip_frac": 0.0, "trained": float(len(batch)),
+              "gap_sum": 0.0, "gap_tokens": 0.0, "gap_max": 0.0}
         if not batch:
             return st
         self.use_adapter(role)
@@ -239,6 +243,9 @@ class AliveModule(pl.LightningModule):
             st["kl"] += info["kl"] * frac
             st["nll"] += info["nll"] * frac
             st["clip_frac"] += info["clipped"] / max(sum(len(x.completion_ids) for x in batch), 1)
+            st["gap_sum"] += info["gap_sum"]
+            st["gap_tokens"] += info["gap_tokens"]
+            st["gap_max"] = max(st["gap_max"], info["gap_max"])
         return st
 
     def profile_dir(self, step: int) -> Path | None:
@@ -265,6 +272,11 @@ class AliveModule(pl.LightningModule):
             m[f"update/{role}/samples"] = float(len(samples.get(role, [])))
             # share of the role's trained completion tokens whose ratio the clip bound (last PPO epoch; 0 at ppo_epochs=1)
             m[f"{role}/clip_frac"] = losses.get(role, {}).get("clip_frac", 0.0)
+        # on-policy check: |learner - sampler| log-prob per sampled token the learner scored (first PPO pass)
+        gap_tokens = sum(st.get("gap_tokens", 0.0) for st in losses.values())
+        m["rollout/logprob_gap_mean"] = sum(st.get("gap_sum", 0.0) for st in losses.values()) / max(gap_tokens, 1.0)
+        m["rollout/logprob_gap_max"] = max([st.get("gap_max", 0.0) for st in losses.values()] or [0.0])
+        m["rollout/logprob_gap_tokens"] = gap_tokens
         m["solver/reward_mean"] = m["train/reward_mean"]
         m["solver/accuracy"] = M.mean([float(a.correct) for a in flat])
         m["solver/nll_targets"] = float(sum(1 for s in samples["solver"] if s.nll_weight > 0))

@@ -2,6 +2,14 @@
 
 Generation dominates the cost of RL for LLMs, so the numbers that matter are visible: every call
 returns its completions with their token ids and the count of generated tokens.
+
+On-policy by construction: the sampler draws from softmax(logits / temperature) and nothing else. The
+model's own generation config (a hub model may ship a repetition penalty, top_k, top_p) is swapped for a
+neutral one during every call, temperature is applied by our own logits processor, and that processor also
+records the log-probability of each sampled token under the distribution it was drawn from, which the
+learner compares with its own (`rollout/logprob_gap`). Completions end in the chat template's end-of-turn
+token (Qwen's `<|im_end|>`, Llama's `<|eot_id|>`), the token the sampler stops on and every likelihood
+target ends in.
 """
 
 from __future__ import annotations
@@ -11,6 +19,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+
+# a fixed date for chat templates that print today's (Llama 3's): prompts must not change from day to day
+TEMPLATE_DATE = "26 Jul 2024"
 
 
 @dataclass
@@ -22,6 +34,8 @@ class Completion:
     prompt_ids: list[int]
     completion_ids: list[int]
     truncated: bool
+    # log p of each completion token under the distribution the sampler drew it from (None when greedy)
+    sampler_logps: list[float] | None = None
 
     @property
     def n_tokens(self) -> int:
@@ -42,6 +56,42 @@ def seeded(seed: int) -> Iterator[None]:
         yield
 
 
+class _Sampling(LogitsProcessor):
+    """Divides the logits by the temperature (the only change to them) and records, for every row, the
+    log-probability of the token then sampled: at each call the previous step's token is the last input id."""
+
+    def __init__(self, temperature: float) -> None:
+        self.temperature = temperature
+        self.previous: torch.Tensor | None = None  # log-softmax of the last step's scores
+        self.logps: list[torch.Tensor] = []  # per generated position: [batch] log-probs of the chosen tokens
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self.record(input_ids[:, -1])
+        scores = scores / self.temperature
+        self.previous = torch.log_softmax(scores.float(), dim=-1)
+        return scores
+
+    def record(self, chosen: torch.Tensor) -> None:
+        if self.previous is not None:
+            self.logps.append(self.previous.gather(1, chosen.unsqueeze(1)).squeeze(1))
+            self.previous = None
+
+
+@contextlib.contextmanager
+def neutral_generation_config(model) -> Iterator[None]:
+    """The model's generation config swapped for a neutral one (ids kept) for the duration: generate() fills
+    every knob a call leaves unset from the model's config, so a hub model's repetition penalty or top_k would
+    otherwise shape rollouts the learner then scores without them."""
+    target = model.get_base_model() if hasattr(model, "get_base_model") else model
+    saved = target.generation_config
+    target.generation_config = GenerationConfig(bos_token_id=saved.bos_token_id, eos_token_id=saved.eos_token_id,
+                                                pad_token_id=saved.pad_token_id)
+    try:
+        yield
+    finally:
+        target.generation_config = saved
+
+
 class Generator:
     """Wraps `model.generate` for chat prompts; one instance serves every role and evaluation."""
 
@@ -53,14 +103,32 @@ class Generator:
         self.batch_size = batch_size
         self.static_cache = static_cache
         self.synced_gpus = synced_gpus
+        self.turn_end = self._turn_end()
         self.eos_ids = self._eos_ids()
         self._prompt_ids: dict[str, list[int]] = {}  # prompts seen this step: encoded once, reused by the learner
 
+    def _turn_end(self) -> int:
+        """The token an assistant turn ends with in the chat template, found by rendering one; a tokenizer
+        without a template (a base model) ends completions with its EOS."""
+        tok = self.tokenizer
+        if getattr(tok, "chat_template", None):
+            text = tok.apply_chat_template([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "OK"}],
+                                           tokenize=False, date_string=TEMPLATE_DATE)
+            rest = tok(text[text.rindex("OK") + 2:], add_special_tokens=False)["input_ids"]
+            special = set(tok.all_special_ids) | {i for i, t in tok.added_tokens_decoder.items() if t.special}
+            if rest and rest[0] in special:
+                return rest[0]
+        if tok.eos_token_id is None:
+            raise ValueError("the tokenizer has no end-of-turn in its chat template and no EOS token: completions "
+                             "could not end")
+        return tok.eos_token_id
+
     def _eos_ids(self) -> list[int]:
+        """What the sampler stops on: the end of turn first, and any EOS of the tokenizer or generation config."""
         ids = {self.tokenizer.eos_token_id}
         eos = getattr(self.model.generation_config, "eos_token_id", None)
         ids |= set(eos) if isinstance(eos, list) else {eos}
-        return sorted(i for i in ids if i is not None)
+        return [self.turn_end] + sorted(i for i in ids if i is not None and i != self.turn_end)
 
     def chat(self, prompt: str) -> str:
         """The model input: the chat template with a generation prompt, or the prompt itself for a tokenizer
@@ -68,7 +136,7 @@ class Generator:
         if not getattr(self.tokenizer, "chat_template", None):
             return prompt
         return self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True, date_string=TEMPLATE_DATE
         )
 
     def encode_prompt(self, prompt: str) -> list[int]:
@@ -84,8 +152,9 @@ class Generator:
         return list(ids)
 
     def encode_completion(self, text: str) -> list[int]:
-        """Token ids of a target completion (for likelihood targets), ending in end-of-turn."""
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.eos_ids[0]]
+        """Token ids of a target completion (for likelihood targets), ending in the end of turn the sampler
+        stops on."""
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.turn_end]
 
     @torch.no_grad()
     def generate(self, prompts: list[str], *, n: int = 1, max_new_tokens: int = 64, temperature: float = 1.0,
@@ -120,22 +189,31 @@ class Generator:
         input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids])
         attention = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
         device = next(model.parameters()).device
-        kwargs = dict(
-            max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=self.eos_ids,
-            do_sample=temperature > 0,
-        )
+        kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=self.eos_ids,
+                      do_sample=temperature > 0)
+        sampling = None
         if temperature > 0:
-            kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
+            if top_p < 1.0:  # nucleus sampling changes the distribution the learner would have to score
+                raise ValueError("top_p < 1 samples from a distribution the learner does not score; use top_p=1")
+            sampling = _Sampling(temperature)
+            kwargs.update(temperature=1.0, top_p=1.0, top_k=0, logits_processor=LogitsProcessorList([sampling]))
         if self.static_cache:
             kwargs["cache_implementation"] = "static"
         if self.synced_gpus:
             kwargs["synced_gpus"] = True
-        seqs = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs)
-        new = seqs[:, width:].tolist()
+        with neutral_generation_config(model):
+            seqs = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs)
+        new = seqs[:, width:]
+        logps = None
+        if sampling is not None:
+            if new.size(1):
+                sampling.record(new[:, -1])
+            logps = torch.stack(sampling.logps, 1).tolist() if sampling.logps else [[] for _ in prompts]
         result = []
-        for prompt, p_ids, toks in zip(prompts, ids, new):
+        for i, (prompt, p_ids, toks) in enumerate(zip(prompts, ids, new.tolist())):
             cut = next((j for j, t in enumerate(toks) if t in self.eos_ids), None)
             kept = toks[: cut + 1] if cut is not None else [t for t in toks if t != pad]
             text = self.tokenizer.decode(kept, skip_special_tokens=True)
-            result.append(Completion(prompt, text, p_ids, kept, truncated=cut is None))
+            result.append(Completion(prompt, text, p_ids, kept, truncated=cut is None,
+                                     sampler_logps=logps[i][:len(kept)] if logps is not None else None))
         return result

@@ -99,6 +99,9 @@ def build(cfg: DictConfig, evaluate: bool = True) -> AliveModule:
                              ("reward.advantage", cfg.reward.advantage, ADVANTAGES)):
         if name not in known:
             raise ValueError(f"{key}={name!r} is not registered: expected one of {sorted(known)}")
+    if cfg.trainer.generation.top_p < 1.0:
+        raise ValueError(f"trainer.generation.top_p={cfg.trainer.generation.top_p}: nucleus sampling draws from a "
+                         "distribution the policy-gradient loss does not score (it would be off-policy); use top_p=1.0")
     if not cfg.trainer.reviews and mode_cls is not None and mode_cls.needs_reviews:
         raise ValueError(f"trainer.reviews=false runs no review phase, but reward={cfg.reward.mode} reads the "
                          "reviewer's verdicts or critiques; use reward=scalar or reward=sft, or trainer.reviews=true")
