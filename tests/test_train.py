@@ -225,3 +225,22 @@ def test_ppo_epochs_take_more_optimizer_steps_per_rollout_and_the_clip_binds(sma
     assert once["rollout/logprob_gap_tokens"] > 0 and once["rollout/logprob_gap_max"] < 1e-4
     twice = run(small_cfg(*over, "reward.ppo_epochs=2"))
     assert twice["update/reviewer/trained_samples"] > 0 and twice["reviewer/clip_frac"] > 0.0
+
+
+def test_adapters_and_their_optimizer_state_stay_fp32_under_bf16_compute(small_cfg, tmp_path):
+    from safetensors.torch import load_file
+
+    cfg = small_cfg("trainer.max_steps=1", "hardware.precision=bf16-mixed", "model.dtype=bfloat16", "reward=sft",
+                    "trainer.constructor=rule", "trainer.reviews=false", "trainer.eval_at_end=false",
+                    "trainer.checkpoint_every=1", f"paths.output_dir={tmp_path}/out")
+    final = run(cfg)
+    assert final["update/solver/trained_samples"] > 0
+    files = list((tmp_path / "out" / "policy").glob("**/adapter_model.safetensors"))
+    assert files and all(t.dtype == torch.float32 for f in files for t in load_file(str(f)).values())
+    ckpt = torch.load(tmp_path / "out" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    states = [s for opt in ckpt["optimizer_states"] for s in opt["state"].values()]
+    assert states and all(s["exp_avg"].dtype == torch.float32 for s in states)
+    with pytest.raises(ValueError, match="bf16-mixed"):
+        run(small_cfg("hardware.precision=bf16-true"))
+    with pytest.raises(ValueError, match="model.finetune=full"):
+        run(small_cfg("model.finetune=full", "model.dtype=bfloat16"))

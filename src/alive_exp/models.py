@@ -149,9 +149,11 @@ def attach_adapters(model: Any, cfg: DictConfig) -> Any:
         r=int(cfg.lora.r), lora_alpha=int(cfg.lora.alpha), lora_dropout=float(cfg.lora.dropout),
         target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM",
     )
-    model = get_peft_model(model, lora, adapter_name=names[0])
+    # autocast_adapter_dtype: adapters are fp32 whatever the base's dtype (bf16 for hub models), since an update at
+    # lr 5e-5 vanishes in bf16 and AdamW's state follows its parameter's dtype (tests/test_train.py checks both)
+    model = get_peft_model(model, lora, adapter_name=names[0], autocast_adapter_dtype=True)
     for name in names[1:]:
-        model.add_adapter(name, lora)
+        model.add_adapter(name, lora, autocast_adapter_dtype=True)
     return model
 
 

@@ -99,6 +99,13 @@ def build(cfg: DictConfig, evaluate: bool = True) -> AliveModule:
                              ("reward.advantage", cfg.reward.advantage, ADVANTAGES)):
         if name not in known:
             raise ValueError(f"{key}={name!r} is not registered: expected one of {sorted(known)}")
+    if cfg.hardware.precision in ("bf16-true", "16-true"):
+        raise ValueError(f"hardware.precision={cfg.hardware.precision} casts the trained weights and AdamW's state to "
+                         "16 bits, where small updates vanish; use hardware.precision=bf16-mixed (bf16 compute, the "
+                         "base in model.dtype, adapters fp32)")
+    if cfg.model.finetune == "full" and cfg.model.dtype in ("bfloat16", "float16"):
+        raise ValueError(f"model.finetune=full trains every weight, so model.dtype={cfg.model.dtype} would keep them and "
+                         "their optimizer state in 16 bits; use model.dtype=float32 with hardware.precision=bf16-mixed")
     if cfg.trainer.generation.top_p < 1.0:
         raise ValueError(f"trainer.generation.top_p={cfg.trainer.generation.top_p}: nucleus sampling draws from a "
                          "distribution the policy-gradient loss does not score (it would be off-policy); use top_p=1.0")
