@@ -311,3 +311,17 @@ def test_a_second_ppo_epoch_scores_against_the_stored_log_probs_and_the_clip_bin
     moved = sum(int(((logp[i, len(s.prompt_ids):len(s.prompt_ids) + len(s.completion_ids)] - s.old_logps)
                      * s.advantage > 0).sum()) for i, s in enumerate(samples))
     assert third["clipped"] == moved > 0
+
+
+def test_the_entropy_metric_is_the_full_distributions_on_the_sampled_rows(lm):
+    from alive_exp.losses import ENTROPY_EVERY
+
+    samples = _samples(9)
+    ids, attn, mask = _batch(samples, PAD, torch.device("cpu"))
+    _, info = role_loss(lm, samples, pad_id=PAD, clip_eps=0.2, kl_coef=0.0, total_tokens=40, temperature=0.7)
+    with torch.no_grad():
+        p = torch.softmax(lm(input_ids=ids, attention_mask=attn).logits[:, :-1].float() / 0.7, -1)
+    exact = -(p * p.log()).sum(-1)  # at position t - 1: the distribution of token t
+    rows = mask[::ENTROPY_EVERY, 1:]
+    assert info["entropy_tokens"] == float(rows.sum()) > 0
+    assert abs(info["entropy_sum"] - float((exact[::ENTROPY_EVERY] * rows).sum())) < 1e-4

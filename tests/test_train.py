@@ -223,6 +223,10 @@ def test_ppo_epochs_take_more_optimizer_steps_per_rollout_and_the_clip_binds(sma
     assert once["update/reviewer/trained_samples"] > 0 and once["reviewer/clip_frac"] == 0.0  # one pass: ratio 1
     # the learner's log-probs are the sampler's (the merged generation copy against the PEFT forward, fp32)
     assert once["rollout/logprob_gap_tokens"] > 0 and once["rollout/logprob_gap_max"] < 1e-4
+    # what RL practitioners look at first, per role
+    assert once["reviewer/lr"] == pytest.approx(1e-2) and once["reviewer/grad_norm"] > 0 and once["reviewer/entropy"] > 0
+    assert once["solver/response_length_max"] >= once["solver/response_length_mean"] > 0
+    assert 0.0 <= once["reviewer/truncation_rate"] <= 1.0
     twice = run(small_cfg(*over, "reward.ppo_epochs=2"))
     assert twice["update/reviewer/trained_samples"] > 0 and twice["reviewer/clip_frac"] > 0.0
 

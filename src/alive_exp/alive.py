@@ -78,6 +78,9 @@ class AliveStep:
         self.mode, self.oracle, self.use_adapter = reward_mode, oracle, use_adapter
         self.tr, self.gcfg, self.rcfg = cfg.trainer, cfg.trainer.generation, cfg.reward
         self.tokens = {"constructor": 0, "solver": 0, "reviewer": 0, "refine": 0}
+        # per kind of generation this step: each completion's length and whether it hit its token limit
+        self.lengths: dict[str, list[int]] = {k: [] for k in self.tokens}
+        self.truncated: dict[str, list[bool]] = {k: [] for k in self.tokens}
         self.reference_leaks = 0  # quotations of the reference blanked from critiques a solver reads, this step
 
     def shown(self, critique: Critique, task: Task) -> Critique:
@@ -92,6 +95,8 @@ class AliveStep:
         out = self.gen.generate(prompts, n=n, max_new_tokens=max_new, temperature=self.gcfg.temperature,
                                 top_p=self.gcfg.top_p, seed=phase_seed(self.cfg.seed, step, phase))
         self.tokens[count_as or role] += sum(c.n_tokens for group in out for c in group)
+        self.lengths[count_as or role] += [c.n_tokens for group in out for c in group]
+        self.truncated[count_as or role] += [c.truncated for group in out for c in group]
         return out
 
     # 1. construct ---------------------------------------------------------------------------------

@@ -129,13 +129,24 @@ def _takes_logits_to_keep(cls: type) -> bool:
     return "logits_to_keep" in inspect.signature(cls.forward).parameters
 
 
-def _target_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
+ENTROPY_EVERY = 4  # rows of a micro-batch whose entropy is measured: 1 in 4
+
+
+def _target_logprobs(logits: torch.Tensor, targets: torch.Tensor,
+                     temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """log softmax(logits / temperature) at the targets, without materialising the full log-softmax (for a
-    large vocabulary that tensor, in fp32 over every position, is most of the learner's memory)."""
+    large vocabulary that tensor, in fp32 over every position, is most of the learner's memory); and the
+    entropy of the full distribution at each position of every ENTROPY_EVERY-th row (a metric: no gradient,
+    a sample of rows, so it costs ~1% of the update)."""
     logits = logits.float()
     if temperature != 1.0:
         logits = logits / temperature
-    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    lp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    with torch.no_grad():
+        z = logits.detach()[::ENTROPY_EVERY]
+        ent = torch.cat([torch.logsumexp(c, -1) - (torch.softmax(c, -1) * c).sum(-1) for c in z.split(8)]) \
+            if z.size(0) else z.new_zeros(z.shape[:-1])
+    return lp, ent
 
 
 def token_logprobs(model, ids: torch.Tensor, attn: torch.Tensor, temperature: float = 1.0,
@@ -144,11 +155,17 @@ def token_logprobs(model, ids: torch.Tensor, attn: torch.Tensor, temperature: fl
     softmax(logits / temperature): the distribution the sampler drew from, so the policy gradient scores what
     the policy sampled. Logits are computed only where they are needed (`logits_to_keep`): with `first` the
     batch's first completion position, the prompts' positions cost no vocabulary projection."""
+    return _token_scores(model, ids, attn, temperature, first)[0]
+
+
+def _token_scores(model, ids: torch.Tensor, attn: torch.Tensor, temperature: float = 1.0,
+                  first: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """`token_logprobs`, and the entropy at each position of every ENTROPY_EVERY-th row (no gradient)."""
     first = max(int(first), 1)
     keep = ids.size(1) - first + 1  # logits at positions first-1 .. W-1 predict tokens first .. W (the last unused)
     logits = _logits(model, keep, input_ids=ids, attention_mask=attn)[:, :-1]
-    logp = _target_logprobs(logits, ids[:, first:], temperature)
-    return torch.nn.functional.pad(logp, (first, 0))
+    logp, ent = _target_logprobs(logits, ids[:, first:], temperature)
+    return torch.nn.functional.pad(logp, (first, 0)), torch.nn.functional.pad(ent, (first, 0))
 
 
 MIN_SHARED_PREFIX = 8  # fewer prompt tokens saved are not worth a second forward call
@@ -204,11 +221,11 @@ def shared_prefix_logprobs(model, samples: list[Sample], pad_id: int, temperatur
     completion) against them at its own positions. Equal to the plain pass on every completion token up to
     rounding (tests/test_losses.py); on a task's N solutions it skips N - 1 of N prompt passes."""
     ids, attn, _ = _batch(samples, pad_id, next(model.parameters()).device)
-    return _shared_prefix_logprobs(model, samples, ids, attn, temperature)
+    return _shared_prefix_logprobs(model, samples, ids, attn, temperature)[0]
 
 
 def _shared_prefix_logprobs(model, samples: list[Sample], ids: torch.Tensor, attn: torch.Tensor,
-                            temperature: float) -> torch.Tensor:
+                            temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     members: dict[object, list[int]] = {}
     for i, s in enumerate(samples):
         members.setdefault(_group_key(s), []).append(i)
@@ -216,7 +233,7 @@ def _shared_prefix_logprobs(model, samples: list[Sample], ids: torch.Tensor, att
     prefix = [common_prefix([samples[i] for i in m]) for m in groups]
     saved = sum((len(m) - 1) * p for m, p in zip(groups, prefix))  # prompt tokens not run again
     if saved < MIN_SHARED_PREFIX or min(prefix) < 1:
-        return token_logprobs(model, ids, attn, temperature, first=min(len(s.prompt_ids) for s in samples))
+        return _token_scores(model, ids, attn, temperature, first=min(len(s.prompt_ids) for s in samples))
     dev, width = ids.device, ids.size(1)
     pre_ids = ids.new_zeros((len(groups), max(prefix)))
     pre_attn = torch.zeros_like(pre_ids)
@@ -228,7 +245,7 @@ def _shared_prefix_logprobs(model, samples: list[Sample], ids: torch.Tensor, att
     start = torch.tensor(prefix, device=dev)[row]                 # each sample's first suffix position
     rest = attn.sum(1) - start                                      # its suffix length (prompt rest + completion)
     if int(rest.max()) < 2:  # no completion token anywhere: nothing to score
-        return torch.zeros(ids.shape, device=dev)
+        return torch.zeros(ids.shape, device=dev), torch.zeros(ids[::ENTROPY_EVERY].shape, device=dev)
     j = torch.arange(int(rest.max()), device=dev).unsqueeze(0)
     valid = j < rest.unsqueeze(1)
     positions = start.unsqueeze(1) + j
@@ -242,11 +259,14 @@ def _shared_prefix_logprobs(model, samples: list[Sample], ids: torch.Tensor, att
     logits = _logits(model, suffix.size(1) - lead, input_ids=suffix,
                      attention_mask=torch.cat([pre_attn[row], valid.long()], 1), past_key_values=cache,
                      position_ids=positions, use_cache=False)[:, :-1]
-    lp = _target_logprobs(logits, suffix[:, lead + 1:], temperature)  # lp[:, i] scores suffix index lead + 1 + i
+    lp, ent = _target_logprobs(logits, suffix[:, lead + 1:], temperature)  # column i: suffix index lead + 1 + i
     # back to the batch's layout: ids position t is suffix index t - start, i.e. lp column t - start - lead - 1
     k = torch.arange(width, device=dev).unsqueeze(0) - start.unsqueeze(1) - lead - 1
     known = (k >= 0) & (k < (rest - lead - 1).unsqueeze(1))
-    return torch.where(known, lp.gather(1, k.clamp(0, lp.size(1) - 1)), torch.zeros((), device=dev))
+    at = k.clamp(0, lp.size(1) - 1)
+    zero = torch.zeros((), device=dev)
+    return (torch.where(known, lp.gather(1, at), zero),
+            torch.where(known[::ENTROPY_EVERY], ent.gather(1, at[::ENTROPY_EVERY]), zero))
 
 
 def role_loss(model, samples: list[Sample], *, pad_id: int, clip_eps: float, kl_coef: float,
@@ -255,8 +275,8 @@ def role_loss(model, samples: list[Sample], *, pad_id: int, clip_eps: float, kl_
     """Loss of one micro-batch, normalised by the role's total completion tokens in the step."""
     device = next(model.parameters()).device
     ids, attn, mask = _batch(samples, pad_id, device)
-    logp = (_shared_prefix_logprobs(model, samples, ids, attn, temperature) if share_prefix
-            else token_logprobs(model, ids, attn, temperature, first=min(len(s.prompt_ids) for s in samples)))
+    logp, ent = (_shared_prefix_logprobs(model, samples, ids, attn, temperature) if share_prefix
+                 else _token_scores(model, ids, attn, temperature, first=min(len(s.prompt_ids) for s in samples)))
     adv = torch.tensor([s.advantage for s in samples], device=device).unsqueeze(1)
     w = torch.tensor([s.nll_weight for s in samples], device=device).unsqueeze(1)
     # the first pass over a rollout stores its log-probs as the old ones (ratio 1 with a live gradient);
@@ -289,6 +309,8 @@ def role_loss(model, samples: list[Sample], *, pad_id: int, clip_eps: float, kl_
     gap = torch.cat(gaps) if gaps else torch.zeros(0)
     return loss, {"kl": float(kl.detach()), "nll": float(nll.detach()), "tokens": float(mask.sum()),
                   "clipped": float(clipped.sum()), "gap_sum": float(gap.sum()), "gap_tokens": float(gap.numel()),
+                  "entropy_sum": float((ent * mask[::ENTROPY_EVERY]).sum()),
+                  "entropy_tokens": float(mask[::ENTROPY_EVERY].sum()),
                   "gap_max": float(gap.max()) if gap.numel() else 0.0}
 
 

@@ -208,9 +208,18 @@ class AliveModule(pl.LightningModule):
                     stats[role] = self._backward(role, samples.get(role, []), adapter, mb, temp)
                 stepped = stepped or stats[role]["trained"] > 0
             stepped = sync_gradients(self.trainer.strategy, opt, stepped)  # DDP: mean over ranks, same decision
+            lr = opt.param_groups[0]["lr"]
+            for role in roles:
+                stats[role]["lr"] = lr
             if stepped:
                 # the optimizer step is timed with the group's (first) role
                 with self.timer(f"update/{roles[0]}"):
+                    with torch.no_grad():  # before clipping: what the clip acted on (a shared group: all its roles)
+                        norms = [torch.linalg.vector_norm(p.grad) for g in opt.param_groups for p in g["params"]
+                                 if p.grad is not None]
+                        norm = float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
+                    for role in roles:
+                        stats[role]["grad_norm"] = norm
                     if oc.grad_clip and oc.grad_clip > 0:
                         self.clip_gradients(opt, gradient_clip_val=oc.grad_clip, gradient_clip_algorithm="norm")
                     opt.step()
@@ -224,7 +233,7 @@ class AliveModule(pl.LightningModule):
         total = sum(len(x.completion_ids) for x in batch)  # the normaliser counts every sample
         batch = contributing(batch, self.cfg.reward.kl_coef)
         st = {"loss": 0.0, "kl": 0.0, "nll": 0.0, "clip_frac": 0.0, "trained": float(len(batch)),
-              "gap_sum": 0.0, "gap_tokens": 0.0, "gap_max": 0.0}
+              "gap_sum": 0.0, "gap_tokens": 0.0, "gap_max": 0.0, "entropy_sum": 0.0, "entropy_tokens": 0.0}
         if not batch:
             return st
         self.use_adapter(role)
@@ -246,6 +255,8 @@ class AliveModule(pl.LightningModule):
             st["gap_sum"] += info["gap_sum"]
             st["gap_tokens"] += info["gap_tokens"]
             st["gap_max"] = max(st["gap_max"], info["gap_max"])
+            st["entropy_sum"] += info["entropy_sum"]
+            st["entropy_tokens"] += info["entropy_tokens"]
         return st
 
     def profile_dir(self, step: int) -> Path | None:
@@ -272,6 +283,18 @@ class AliveModule(pl.LightningModule):
             m[f"update/{role}/samples"] = float(len(samples.get(role, [])))
             # share of the role's trained completion tokens whose ratio the clip bound (last PPO epoch; 0 at ppo_epochs=1)
             m[f"{role}/clip_frac"] = losses.get(role, {}).get("clip_frac", 0.0)
+            # gradient norm before clipping (0 when the role's group did not step) and the learning rate in use
+            m[f"{role}/grad_norm"] = losses.get(role, {}).get("grad_norm", 0.0)
+            m[f"{role}/lr"] = losses.get(role, {}).get("lr", 0.0)
+            ent = losses.get(role, {})
+            m[f"{role}/entropy"] = ent.get("entropy_sum", 0.0) / max(ent.get("entropy_tokens", 0.0), 1.0)
+        for kind, lengths in self.step_impl.lengths.items():  # what each role wrote this step
+            m[f"{kind}/response_length_mean"] = M.mean(lengths) if lengths else 0.0
+            m[f"{kind}/response_length_max"] = float(max(lengths)) if lengths else 0.0
+            truncated = self.step_impl.truncated[kind]
+            m[f"{kind}/truncation_rate"] = M.mean([float(t) for t in truncated]) if truncated else 0.0
+            lengths.clear()
+            truncated.clear()
         # on-policy check: |learner - sampler| log-prob per sampled token the learner scored (first PPO pass)
         gap_tokens = sum(st.get("gap_tokens", 0.0) for st in losses.values())
         m["rollout/logprob_gap_mean"] = sum(st.get("gap_sum", 0.0) for st in losses.values()) / max(gap_tokens, 1.0)
