@@ -1,7 +1,8 @@
-"""`alive-exp`: the commands around training: report, evaluate a checkpoint, prepare data.
+"""`alive-exp`: the commands around training: report, evaluate a checkpoint or policy, sample a policy, prepare data.
 
     alive-exp report [--tracking-uri URI] [--experiment NAME] [--parent RUN_ID] [--out DIR]
     alive-exp evaluate CHECKPOINT_OR_RUN_DIR [key=value ...] [--out DIR] [--log]
+    alive-exp sample POLICY TEXT [TEXT ...] [--role solver|reviewer|constructor] [--reference R --solution S]
     alive-exp prepare [--params params.yaml] [key=value | group=option ...]
 
 Training itself is `python train.py ...` (Hydra); these commands read what it leaves behind.
@@ -122,20 +123,55 @@ def find_checkpoint(target: Path) -> tuple[Path, Path]:
 
 
 def run_config_path(run_dir: Path) -> Path:
-    """The resolved config.yaml beside the checkpoint (DVC pipeline), else Hydra's own copy."""
-    for path in (run_dir / "config.yaml", run_dir / ".hydra" / "config.yaml"):
+    """The resolved config.yaml beside the checkpoint (DVC pipeline), else Hydra's own copy, else the one a
+    saved policy folder carries."""
+    for path in (run_dir / "config.yaml", run_dir / ".hydra" / "config.yaml", run_dir / "policy" / "alive_config.yaml"):
         if path.exists():
             return path
     raise SystemExit(f"{run_dir}: no config.yaml or .hydra/config.yaml; cannot tell which model and settings "
                      "the checkpoint was trained with")
 
 
-def evaluate_checkpoint(target: Path, overrides: list[str]) -> tuple[dict[str, float], dict[str, Any]]:
-    """Rebuild the run's module, load the checkpoint's (adapter) weights, run the Evaluator."""
+def is_policy(target: Path) -> bool:
+    """A run's `policy/` folder: its adapters (a LoRA run) or its full model (a full fine-tune)."""
+    from alive_exp.models import policy_adapters
+
+    return target.is_dir() and (bool(policy_adapters(target)) or (target.name == "policy"
+                                                                   and (target / "config.json").exists()))
+
+
+def policy_config(policy: Path) -> Path:
+    """The config a policy folder was trained with: its own copy, else its run's."""
+    own = policy / "alive_config.yaml"
+    return own if own.exists() else run_config_path(policy.resolve().parent)
+
+
+def evaluate_policy(target: Path, overrides: list[str]) -> tuple[dict[str, float], dict[str, Any]]:
+    """Evaluate a run's saved policy (`<run>/policy`) with the config its run used."""
     import torch
 
     from alive_exp.train import build
 
+    run_dir = target.resolve().parent
+    cfg = load_config(policy_config(target), [f"model.init_from={target.resolve()}", "warmstart.enabled=false",
+                                              *overrides])
+    module = build(cfg)
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    info = torch.load(ckpt, map_location="cpu", weights_only=False).get("alive", {}) if ckpt.exists() else {}
+    module.alive_step = int(info.get("alive_step", cfg.trainer.max_steps))
+    return module.evaluator(module), {"checkpoint": str(target), "run_dir": str(run_dir), "alive_step": module.alive_step,
+                                      "mlflow_run_id": info.get("mlflow_run_id"), "tracking_uri": cfg.logger.tracking_uri}
+
+
+def evaluate_checkpoint(target: Path, overrides: list[str]) -> tuple[dict[str, float], dict[str, Any]]:
+    """Rebuild the run's module, load the checkpoint's (adapter) weights, run the Evaluator; a policy folder
+    is evaluated as saved."""
+    import torch
+
+    from alive_exp.train import build
+
+    if is_policy(target):
+        return evaluate_policy(target, overrides)
     ckpt, run_dir = find_checkpoint(target)
     cfg = load_config(run_config_path(run_dir), overrides)
     module = build(cfg)
@@ -193,6 +229,40 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.log:
         log_scores(scores, meta, path)
         print(f"logged to MLflow run {meta['mlflow_run_id']} at step {meta['alive_step']}")
+    return 0
+
+
+# -- sample -----------------------------------------------------------------------------------------
+def sample_policy(policy: Path, role: str, texts: list[str], *, reference: str | None = None,
+                  solution: str | None = None, max_new_tokens: int | None = None,
+                  overrides: list[str] | None = None) -> list[str]:
+    """What a trained policy's role writes (greedy) for each text: a task for the solver, a document for the
+    constructor, a task with `reference` and `solution` for the reviewer. The run's own config (beside the
+    policy folder) supplies the model, adapters and prompts."""
+    from alive_exp.train import build
+
+    if role not in ("constructor", "solver", "reviewer"):
+        raise SystemExit(f"--role {role!r}: use constructor, solver or reviewer")
+    if role == "reviewer" and (reference is None or solution is None):
+        raise SystemExit("--role reviewer needs --reference and --solution")
+    cfg = load_config(policy_config(policy), [f"model.init_from={policy.resolve()}", "warmstart.enabled=false",
+                                              *(overrides or [])])
+    module = build(cfg, evaluate=False)
+    module.use_adapter(role)
+    fields = {"constructor": lambda t: {"document": t}, "solver": lambda t: {"task": t},
+              "reviewer": lambda t: {"task": t, "reference": reference, "solution": solution}}[role]
+    prompts = [module.step_impl.templates.render(role, **fields(t)) for t in texts]
+    g = cfg.trainer.generation
+    budget = max_new_tokens or {"constructor": g.constructor_tokens, "solver": g.solver_tokens,
+                                "reviewer": g.reviewer_tokens}[role]
+    return [c[0].text for c in module.generator.generate(prompts, n=1, max_new_tokens=budget, temperature=0.0)]
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    outs = sample_policy(Path(args.policy), args.role, args.texts, reference=args.reference, solution=args.solution,
+                         max_new_tokens=args.max_new_tokens, overrides=args.overrides)
+    for text, out in zip(args.texts, outs):
+        print(f"--- {args.role} on {text!r}\n{out}")
     return 0
 
 
@@ -261,12 +331,23 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--no-log", action="store_true", help="do not log the report back to MLflow")
     r.set_defaults(func=cmd_report)
 
-    e = sub.add_parser("evaluate", help="evaluate a checkpoint with the config its run used")
-    e.add_argument("target", metavar="CHECKPOINT_OR_RUN_DIR", help="a last.ckpt or a training run's output dir")
+    e = sub.add_parser("evaluate", help="evaluate a checkpoint or a saved policy with the config its run used")
+    e.add_argument("target", metavar="CHECKPOINT_OR_RUN_DIR", help="a last.ckpt, a training run's output dir, or its policy/")
     e.add_argument("overrides", nargs="*", help="value overrides, e.g. benchmark.eval_size=200")
     e.add_argument("--out", help="folder for eval_metrics.json (default: the run dir)")
     e.add_argument("--log", action="store_true", help="also log the metrics to the run's MLflow run")
     e.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("sample", help="what a trained policy's role writes (greedy), e.g. the solver on a task")
+    s.add_argument("policy", help="a training run's policy/ folder")
+    s.add_argument("texts", nargs="+", metavar="TEXT", help="a task (solver, reviewer) or a document (constructor)")
+    s.add_argument("--role", default="solver", help="constructor, solver or reviewer (default: solver)")
+    s.add_argument("--reference", help="the reviewer's reference answer")
+    s.add_argument("--solution", help="the solution the reviewer judges")
+    s.add_argument("--max-new-tokens", type=int, help="default: the run's token budget for the role")
+    s.add_argument("--override", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config value override (repeatable)")
+    s.set_defaults(func=cmd_sample)
 
     d = sub.add_parser("prepare", help="build the tiny model and snapshot documents and benchmark tasks")
     d.add_argument("--params", help="a composed config (DVC's params.yaml, a run's config.yaml)")

@@ -106,11 +106,60 @@ def load_tokenizer(path: str):
     return tok
 
 
+def policy_adapters(path: str | Path) -> dict[str, Path]:
+    """A trained policy folder (`<run>/policy` of a LoRA run): adapter name -> its folder. Empty for a full
+    model folder (a full fine-tune's policy, a warm start), which holds the model's own config.json."""
+    p = Path(path)
+    if not p.is_dir() or (p / "config.json").exists():
+        return {}
+    return {sub.name: sub for sub in sorted(p.iterdir()) if (sub / "adapter_config.json").exists()}
+
+
+def policy_base(path: str | Path) -> str:
+    """The base model a policy folder's adapters were trained on (recorded by PEFT in adapter_config.json)."""
+    adapters = policy_adapters(path)
+    base = json.loads((next(iter(adapters.values())) / "adapter_config.json").read_text())["base_model_name_or_path"]
+    if not base or (Path(base).is_absolute() and not Path(base).exists()):  # (a relative name: a hub id)
+        raise RuntimeError(f"{path}: its adapters were trained on {base!r}, which is not here; rebuild it (the same "
+                           "warm start or tiny model config) or copy it back")
+    return base
+
+
+def load_policy_adapters(model: Any, path: str | Path, cfg: DictConfig) -> None:
+    """Load every role's trained adapter from a policy folder into `model` (built by `attach_adapters` with
+    the same LoRA config); refuses a folder whose adapters or LoRA shape do not fit the config."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    found = policy_adapters(path)
+    wanted = adapter_names(cfg)
+    if sorted(found) != sorted(wanted):
+        raise ValueError(f"model.init_from={path} holds adapters {sorted(found)}, but model.adapters={cfg.adapters} "
+                         f"needs {sorted(wanted)}")
+    for name in wanted:
+        saved = json.loads((found[name] / "adapter_config.json").read_text())
+        for key, ours in (("r", int(cfg.lora.r)), ("lora_alpha", int(cfg.lora.alpha))):
+            if saved.get(key) != ours:
+                raise ValueError(f"model.init_from={path}: adapter {name!r} has {key}={saved.get(key)}, the config "
+                                 f"model.lora has {ours}")
+        if sorted(saved.get("target_modules") or []) != sorted(cfg.lora.target_modules):
+            raise ValueError(f"model.init_from={path}: adapter {name!r} targets {sorted(saved['target_modules'])}, "
+                             f"model.lora.target_modules is {sorted(cfg.lora.target_modules)}")
+        result = set_peft_model_state_dict(model, load_file(str(found[name] / "adapter_model.safetensors")),
+                                           adapter_name=name)
+        missing = [k for k in result.missing_keys if ".lora_" in k and f".{name}." in k]
+        if missing:
+            raise ValueError(f"model.init_from={path}: adapter {name!r} lacks weights such as {missing[:2]}")
+
+
 def load_base(cfg: DictConfig, data_dir: str | Path, corpus_domains: list[str]) -> tuple[Any, Any, str]:
-    """(model, tokenizer, path) for `cfg.model`; a clear error when a hub model cannot be had offline."""
+    """(model, tokenizer, path) for `cfg.model`; a clear error when a hub model cannot be had offline. With
+    `init_from` a policy folder, the base its adapters were trained on (`load_policy_adapters` adds them)."""
     from transformers import AutoModelForCausalLM
 
-    if cfg.init_from:
+    if cfg.init_from and policy_adapters(cfg.init_from):
+        path = policy_base(cfg.init_from)
+    elif cfg.init_from:
         path = str(cfg.init_from)
     elif cfg.source == "tiny":
         path = str(build_tiny(cfg, data_dir, corpus_domains))

@@ -127,6 +127,8 @@ def build(cfg: DictConfig, evaluate: bool = True) -> AliveModule:
     # adapters start from the run seed whether or not this run had to build the base model first
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     model = models.attach_adapters(base, cfg.model)
+    if model_cfg.init_from and models.policy_adapters(model_cfg.init_from):  # continue from a trained policy
+        models.load_policy_adapters(model, model_cfg.init_from, cfg.model)
     model.train()
     templates = RoleTemplates(**OmegaConf.to_container(cfg.roles, resolve=True))
     mode = rewards.build(cfg.reward.mode, templates)
@@ -247,10 +249,16 @@ def objective(final: dict[str, Any]) -> float:
     return sum(acc) / len(acc) if acc else float(final.get("train/reward_mean", 0.0))
 
 
+POLICY_CONFIG = "alive_config.yaml"
+
+
 def save_policy(module: AliveModule, path: Path) -> None:
-    """Adapters (or the full model) and tokenizer, loadable with from_pretrained / PeftModel."""
+    """Adapters (or the full model), tokenizer and the run's resolved config (`alive_config.yaml`, so that
+    `model.init_from`, `alive-exp sample` and `alive-exp evaluate` can rebuild the policy from the folder alone);
+    loadable with from_pretrained / PeftModel."""
     module.model.save_pretrained(path)
     module.tokenizer.save_pretrained(path)
+    (Path(path) / POLICY_CONFIG).write_text(OmegaConf.to_yaml(module.cfg, resolve=True))
 
 
 def sweep_parent_id(cfg: DictConfig) -> tuple[str | None, str | None]:
