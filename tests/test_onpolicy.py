@@ -70,3 +70,24 @@ def test_the_learner_scores_what_the_sampler_drew_whatever_the_models_generation
     assert greedy[0][0].sampler_logps is None
     with pytest.raises(ValueError, match="top_p"):
         gen.generate(["Question: 1 + 2"], n=1, max_new_tokens=4, temperature=0.7, top_p=0.9)
+
+
+@pytest.mark.parametrize("overrides,chat", [(["model=qwen2.5-1.5b"], True), (["model=llama-3.2-1b"], True),
+                                            (["model=qwen2.5-0.5b", "roles=base", "model.chat=false"], False)])
+def test_hub_model_configs_choose_prompts_that_state_every_output_format(overrides, chat, qwen_like, tmp_path):
+    from conftest import compose_cfg
+
+    from alive_exp.roles import RoleTemplates
+
+    cfg = compose_cfg(overrides, tmp_path)
+    roles = cfg.roles
+    assert "Span:" in roles.constructor and "Verdict: correct" in roles.reviewer and "Verdict: incorrect" in roles.reviewer
+    assert all("Answer:" in roles[k] for k in ("solver", "refiner", "fcp_solver"))
+    RoleTemplates(**roles)  # every placeholder its role needs
+    model, tok, ids = qwen_like
+    gen = Generator(model, tok, chat=cfg.model.chat)
+    text = gen.chat("Task: 1 + 2")
+    assert ("<|im_start|>" in text) == chat
+    if not chat:  # a base model: plain text, ending in the tokenizer's EOS
+        assert text == "Task: 1 + 2" and gen.turn_end == tok.eos_token_id
+    assert compose_cfg([], tmp_path).roles.solver == "Solve the task.\n{task}"  # the tiny model keeps its prompts

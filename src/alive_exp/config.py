@@ -63,6 +63,7 @@ class ModelConfig:
     attn_implementation: str = "sdpa"
     finetune: Finetune = Finetune.lora
     adapters: Adapters = Adapters.per_role
+    chat: bool = True  # render prompts with the tokenizer's chat template (false: plain text, for base models)
     lora: LoraConfig = field(default_factory=LoraConfig)
     tiny: TinyConfig = field(default_factory=TinyConfig)
 

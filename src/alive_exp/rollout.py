@@ -96,8 +96,9 @@ class Generator:
     """Wraps `model.generate` for chat prompts; one instance serves every role and evaluation."""
 
     def __init__(self, model, tokenizer, *, batch_size: int = 64, static_cache: bool = False,
-                 synced_gpus: bool = False, merged=None) -> None:
+                 synced_gpus: bool = False, merged=None, chat: bool = True) -> None:
         self.model = model
+        self.chat_prompts = chat  # false: plain-text prompts (base models), whatever the tokenizer ships
         self.merged = merged  # models.MergedView: generate with the active adapter merged into a plain copy
         self.tokenizer = tokenizer
         self.batch_size = batch_size
@@ -107,11 +108,15 @@ class Generator:
         self.eos_ids = self._eos_ids()
         self._prompt_ids: dict[str, list[int]] = {}  # prompts seen this step: encoded once, reused by the learner
 
+    @property
+    def use_chat(self) -> bool:
+        return self.chat_prompts and bool(getattr(self.tokenizer, "chat_template", None))
+
     def _turn_end(self) -> int:
         """The token an assistant turn ends with in the chat template, found by rendering one; a tokenizer
         without a template (a base model) ends completions with its EOS."""
         tok = self.tokenizer
-        if getattr(tok, "chat_template", None):
+        if self.use_chat:
             text = tok.apply_chat_template([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "OK"}],
                                            tokenize=False, date_string=TEMPLATE_DATE)
             rest = tok(text[text.rindex("OK") + 2:], add_special_tokens=False)["input_ids"]
@@ -133,7 +138,7 @@ class Generator:
     def chat(self, prompt: str) -> str:
         """The model input: the chat template with a generation prompt, or the prompt itself for a tokenizer
         without one (a base model)."""
-        if not getattr(self.tokenizer, "chat_template", None):
+        if not self.use_chat:
             return prompt
         return self.tokenizer.apply_chat_template(
             [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True, date_string=TEMPLATE_DATE
@@ -147,8 +152,8 @@ class Generator:
         if ids is None:
             if len(self._prompt_ids) >= 16_384:  # bounded: prompts are mostly new every step
                 self._prompt_ids.clear()
-            raw = not getattr(self.tokenizer, "chat_template", None)
-            ids = self._prompt_ids[prompt] = self.tokenizer(self.chat(prompt), add_special_tokens=raw)["input_ids"]
+            ids = self._prompt_ids[prompt] = self.tokenizer(self.chat(prompt),
+                                                            add_special_tokens=not self.use_chat)["input_ids"]
         return list(ids)
 
     def encode_completion(self, text: str) -> list[int]:

@@ -133,7 +133,7 @@ def build(cfg: DictConfig, evaluate: bool = True) -> AliveModule:
     templates = RoleTemplates(**OmegaConf.to_container(cfg.roles, resolve=True))
     mode = rewards.build(cfg.reward.mode, templates)
     generator = Generator(model, tokenizer, batch_size=cfg.trainer.generation.batch_size,
-                          static_cache=cfg.hardware.static_cache,
+                          static_cache=cfg.hardware.static_cache, chat=cfg.model.chat,
                           merged=models.MergedView(model, plain) if merge else None)
     world = int(os.environ.get("WORLD_SIZE", 1))
     rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0)))
