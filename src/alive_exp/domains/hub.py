@@ -6,10 +6,15 @@ suites to use instead; nothing here is needed for the default, fully offline con
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import random
 import re
 from typing import TYPE_CHECKING, Any
 
-from alive_exp.domains.base import Task
+from alive_exp.domains.base import Document, Task
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from alive_exp.domains.base import Domain
@@ -45,6 +50,50 @@ def load_rows(name: str, size: int, seed: int) -> list[dict[str, Any]]:
     ds = ds.shuffle(seed=seed)
     n = len(ds) if size <= 0 else min(size, len(ds))
     return [ds[i] for i in range(n)]
+
+
+def corpus_rows(path: str, *, name: str | None = None, split: str = "train",
+                data_files: str | list[str] | None = None) -> Any:
+    """A raw training corpus through `datasets`: a hub dataset id (e.g. SynthLabsAI/Big-Math-RL-Verified) or a
+    local builder such as "json" with `data_files` (how the tests load a file of the same schema)."""
+    try:
+        import datasets
+    except ImportError as exc:
+        raise HubUnavailable(f"corpus {path!r} needs the `datasets` package: pip install 'alive-exp[hub]'") from exc
+    try:
+        return datasets.load_dataset(path, name, split=split, data_files=data_files)
+    except Exception as exc:
+        raise HubUnavailable(f"could not load corpus {path!r} (split {split!r}) from the hub, its cache or "
+                             f"data_files: {exc}") from exc
+
+
+def corpus_documents(opts: dict[str, Any], known: set[str], n: int, seed: int, split: str,
+                     domain: Domain) -> list[Document]:
+    """Documents of a raw corpus (`benchmark.options.source_options.hub_corpus`): each row rendered by the
+    template, held out iff its first line hashes into heldout_share (the same problems for every seed),
+    training ones in a seeded order."""
+    unknown = set(opts) - known
+    if unknown or not opts.get("path"):
+        raise ValueError(f"benchmark.options.source_options.hub_corpus needs path (a dataset id, or 'json' with "
+                         f"data_files); unknown option(s) {sorted(unknown)}; known: {sorted(known)}")
+    rows = corpus_rows(opts["path"], name=opts["name"], split=opts["split"], data_files=opts["data_files"])
+    order = list(range(len(rows)))
+    random.Random(seed if split == "train" else 0).shuffle(order)
+    docs: list[Document] = []
+    for i in order:
+        try:
+            text = opts["template"].format(**rows[i]).strip()
+        except KeyError as exc:
+            raise ValueError(f"hub_corpus template {opts['template']!r} names column {exc}, which {opts['path']} "
+                             f"lacks (columns: {sorted(rows.column_names)})") from None
+        held = int(hashlib.sha1(text.splitlines()[0].encode()).hexdigest()[:8], 16) / 16**8 < opts["heldout_share"]
+        if held == (split == "test") and domain.answer_prefix in text:
+            docs.append(Document(id=f"corpus-{i}", text=text, domain=domain.name, meta={"source": "hub_corpus"}))
+            if len(docs) == n:
+                break
+    if len(docs) < n:
+        log.warning("math/hub_corpus: only %d of %d %s documents in %s", len(docs), n, split, opts["path"])
+    return docs
 
 
 def math_benchmark(name: str, size: int, seed: int, domain: Domain) -> list[Task]:

@@ -105,6 +105,11 @@ class MathDomain(Domain):
         "gsm_symbolic": {},
         # ours: one line per column; digits = [min, max] per operand; operations trained (add, sub)
         "column_arithmetic": dict(digits=[2, 3], operations=["add"]),
+        # a raw corpus through `datasets` (the paper's Big-Math, WebInstruct): each row becomes a document by
+        # `template` (its fields are the row's columns); a problem is held out iff its text hashes into
+        # heldout_share, so held-out problems are the same for every seed
+        "hub_corpus": dict(path=None, name=None, split="train", data_files=None,
+                           template="Question: {problem}\nAnswer: {answer}", heldout_share=0.02),
     }
 
     def __init__(
@@ -195,6 +200,9 @@ class MathDomain(Domain):
         for source, n in zip(self.sources, per_source):
             if source == "column_arithmetic":  # a hash split: held-out problems are the same for every seed
                 docs += self._columns(n, seed if split == "train" else 0, "train" if split == "train" else "heldout")
+            elif source == "hub_corpus":
+                docs += hub.corpus_documents(self.source_options["hub_corpus"], set(self.SOURCE_DEFAULTS["hub_corpus"]),
+                                             n, seed, split, self)
             elif split == "train":
                 docs += self._generate(source, n, seed)
             else:
