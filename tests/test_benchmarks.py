@@ -52,3 +52,13 @@ def test_step_benchmark_runs_both_commits_phase_by_phase(tmp_path):
         assert figures[phase]["old"][0] > 0 and figures[phase]["new"][0] > 0, phase
     assert set(figures["adapter_max_abs_diff"]) == {"constructor", "reviewer", "solver"}
     assert "new / old" in proc.stdout
+
+
+def test_logprob_memory_benchmark_measures_both_variants(tmp_path):
+    out = tmp_path / "mem.json"
+    proc = subprocess.run([sys.executable, "benchmarks/logprob_memory.py", "--reps", "1", "--batch", "1", "--prompt", "96",
+                           "--completion", "8", "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    assert figures["max_logprob_diff"] < 1e-4 and set(figures["summary"]) == {"full", "ours"}
+    assert figures["summary"]["ours"]["pass_mb"] < figures["summary"]["full"]["pass_mb"]
