@@ -118,10 +118,15 @@ def _batch(samples: list[Sample], pad_id: int, device: torch.device):
 def _logits(model, keep: int, **inputs) -> torch.Tensor:
     """The model's logits at the last `keep` positions: computed only there when the model takes
     `logits_to_keep` (every transformers causal LM), sliced from the full logits otherwise."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if _takes_logits_to_keep(type(base)):
+    if _keeps_logits(model):
         return model(**inputs, logits_to_keep=keep).logits
     return model(**inputs).logits[:, -keep:]
+
+
+def _keeps_logits(model) -> bool:
+    """Whether the (PEFT-wrapped) model's forward takes `logits_to_keep`."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return _takes_logits_to_keep(type(base))
 
 
 @functools.cache
@@ -252,8 +257,7 @@ def _shared_prefix_logprobs(model, samples: list[Sample], ids: torch.Tensor, att
     suffix = torch.where(valid, ids.gather(1, positions.clamp(max=width - 1)), 0)
     # logits only from the first suffix index any sample's completion needs (its prompt's end, minus one)
     lead = int(min(len(s.prompt_ids) - prefix_of for s, prefix_of in zip(samples, start.tolist()))) - 1
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    pre = {"logits_to_keep": 1} if _takes_logits_to_keep(type(base)) else {}
+    pre = {"logits_to_keep": 1} if _keeps_logits(model) else {}
     cache = model(input_ids=pre_ids, attention_mask=pre_attn, use_cache=True, **pre).past_key_values
     cache.batch_select_indices(row)
     logits = _logits(model, suffix.size(1) - lead, input_ids=suffix,
