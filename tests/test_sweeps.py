@@ -1,12 +1,14 @@
 """Sweeps: the sweep files compose, launchers compose, the sweep's MLflow parent is created once, and a
-2 x 2 multirun on CPU leaves one parent with four children."""
+2 x 2 multirun on CPU leaves one parent with four children and their report."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -128,3 +130,8 @@ def test_multirun_2x2_leaves_one_parent_and_four_children(tmp_path, tiny_data):
     assert {r.info.status for r in runs} == {"FINISHED"}
     for r in children:
         assert [m.step for m in c.get_metric_history(r.info.run_id, "train/reward_mean")] == [1]
+    # the sweep's verdict on its parent: the report of its four children (tracking.SweepReport)
+    report = {f.path for f in c.list_artifacts(parents[0].info.run_id, "report")}
+    assert {"report/report.md", "report/report.json"} <= report
+    data = json.loads(Path(c.download_artifacts(parents[0].info.run_id, "report/report.json", str(tmp_path))).read_text())
+    assert len(data["runs"]) == 4

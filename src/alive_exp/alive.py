@@ -56,6 +56,9 @@ class Attempt:
     blind_revision: Completion | None = None  # revised under the blind critique, as at test time
     blind_revision_correct: bool = False
     reward: float = 0.0
+    advantage: float = 0.0  # the solver's policy-gradient advantage for this solution (0 without one)
+    revision_leaks: int = 0  # reference quotations blanked from the critique its revision read
+    blind_revision_leaks: int = 0
     # the rewards the reviewer was trained on for this attempt's reviews (class-weighted, with the instructive
     # bonus); None in warm-up steps (likelihood on oracle critiques) and without reviews
     review_reward: float | None = None
@@ -197,15 +200,19 @@ class AliveStep:
         todo += [(a, a.blind_critique, True) for a in flat if a.blind_critique is not None and a.blind_critique.verdict is False]
         if not todo:
             return
-        prompts = [self.templates.render("refiner", task=a.task.prompt, solution=a.completion.text,
-                                         critique=critique_body(self.shown(c, a.task).text)) for a, c, _ in todo]
+        prompts, leaks = [], []
+        for a, c, _ in todo:
+            before = self.reference_leaks
+            prompts.append(self.templates.render("refiner", task=a.task.prompt, solution=a.completion.text,
+                                                 critique=critique_body(self.shown(c, a.task).text)))
+            leaks.append(self.reference_leaks - before)
         groups = self._sample("solver", prompts, 1, self.gcfg.solver_tokens, step, "refine", count_as="refine")
         scores = self.domain.score_many([g[0].text for g in groups], [a.task for a, _, _ in todo])
-        for (a, _, blind), g, (ok, _) in zip(todo, groups, scores):
+        for (a, _, blind), g, (ok, _), leak in zip(todo, groups, scores, leaks):
             if blind:
-                a.blind_revision, a.blind_revision_correct = g[0], ok
+                a.blind_revision, a.blind_revision_correct, a.blind_revision_leaks = g[0], ok, leak
             else:
-                a.revision, a.revision_correct = g[0], ok
+                a.revision, a.revision_correct, a.revision_leaks = g[0], ok, leak
 
     # 5. rewards -> samples for learn: one function per role's reward ---------------------------------
     def samples(self, proposals: list[Proposal], attempts: list[list[Attempt]], warmup: bool) -> dict[str, list[Sample]]:
@@ -227,7 +234,7 @@ class AliveStep:
         coef = {"distill": self.rcfg.distill_coef, "fcp": self.rcfg.fcp_coef, "sft": self.rcfg.sft_coef}
         for g, rewards, adv in zip(attempts, groups, advs):
             for a, r, ad in zip(g, rewards, adv):
-                a.reward = r
+                a.reward, a.advantage = r, (ad if self.mode.policy_gradient else 0.0)
                 if self.mode.policy_gradient:
                     out.append(Sample("solver", a.completion.prompt_ids, a.completion.completion_ids, ad,
                                       group=("solve", a.task.id), sampler_logps=a.completion.sampler_logps))

@@ -1,7 +1,8 @@
 """Lightning callbacks that count ALIVE steps (not optimizer steps): checkpoints and transcript flushes.
 
-A checkpoint is also the commit point of the run's metrics (see `tracking.CheckpointedMLFlowLogger`),
-and its folder holds `run.json` (the config fingerprint), which `resume=auto` uses to find it again.
+A checkpoint waits for the run's metrics to reach MLflow and carries what could not be sent (see
+`tracking.LiveMLFlowLogger`); its folder holds `run.json` (the config fingerprint), which `resume=auto`
+uses to find it again.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
-from alive_exp.tracking import CheckpointedMLFlowLogger, log_transcripts
+from alive_exp.tracking import LiveMLFlowLogger, log_transcripts
 
 log = logging.getLogger(__name__)
 
@@ -64,17 +65,12 @@ def write_run_info(dirpath: Path, **values: Any) -> None:
     os.replace(tmp, dirpath / "run.json")
 
 
-def commit_metrics(trainer: pl.Trainer) -> None:
-    if trainer.is_global_zero and isinstance(trainer.logger, CheckpointedMLFlowLogger):
-        trainer.logger.commit()
-
-
 class AliveCheckpoint(pl.Callback):
     """Writes `last.ckpt` every `every` ALIVE steps and at the end, atomically (a kill never leaves half a file).
 
-    Order: checkpoint file in place, then the metrics of the steps it covers go to MLflow. The checkpoint
-    carries those metrics, so a kill between the two loses nothing (they are logged on resume).
-    With `every=0` there is no periodic checkpoint to wait for, and metrics are committed every step.
+    Before writing, it waits (bounded) for the metrics of the steps it covers to reach MLflow, and the file
+    carries whatever could not be sent, so a kill after the checkpoint loses no metric (they are logged on
+    resume); steps after the checkpoint rerun on resume and keep the values MLflow already holds.
     """
 
     def __init__(self, dirpath: str | Path, every: int, fingerprint: str | None = None) -> None:
@@ -88,11 +84,13 @@ class AliveCheckpoint(pl.Callback):
             os.replace(tmp, self.dirpath / "last.ckpt")
             write_run_info(self.dirpath, fingerprint=self.fingerprint, mlflow_run_id=module.mlflow_run_id,
                            alive_step=module.alive_step)
-        commit_metrics(trainer)
 
     def on_save_checkpoint(self, trainer, module, checkpoint: dict[str, Any]) -> None:
         logger = trainer.logger
-        pending = list(logger.pending) if isinstance(logger, CheckpointedMLFlowLogger) else []
+        pending = []
+        if isinstance(logger, LiveMLFlowLogger):
+            logger.drain(timeout=30.0)
+            pending = logger.undelivered()
         checkpoint["alive_resume"] = {"fingerprint": self.fingerprint, "pending_metrics": pending}
 
     def on_load_checkpoint(self, trainer, module, checkpoint: dict[str, Any]) -> None:
@@ -100,13 +98,11 @@ class AliveCheckpoint(pl.Callback):
         # loop would end a resumed run at once when the checkpoint was written at the end of training
         checkpoint.pop("loops", None)
         pending = checkpoint.get("alive_resume", {}).get("pending_metrics", [])
-        if trainer.is_global_zero and pending and isinstance(trainer.logger, CheckpointedMLFlowLogger):
+        if trainer.is_global_zero and pending and isinstance(trainer.logger, LiveMLFlowLogger):
             trainer.logger.restore(pending)
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        if not self.every:
-            commit_metrics(trainer)
-        elif module.alive_step % self.every == 0:
+        if self.every and module.alive_step % self.every == 0:
             self.save(trainer, module)
 
     def on_train_end(self, trainer, module) -> None:

@@ -150,6 +150,7 @@ class TrainerConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval_every: int = 0
     eval_at_end: bool = True
+    eval_at_start: bool = False
     checkpoint_every: int = 10
     log_transcripts_every: int = 10
     transcripts_per_phase: int = 4
@@ -177,6 +178,9 @@ class LoggerConfig:
     run_name: Optional[str] = None
     tags: dict[str, str] = field(default_factory=dict)
     log_transcripts: bool = True
+    log_traces: bool = True
+    system_metrics: bool = True
+    system_metrics_every: float = 10.0
 
 
 @dataclass

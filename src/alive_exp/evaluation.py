@@ -54,6 +54,8 @@ class Evaluator:
                  solver_prompt: Callable, domain_options: dict[str, dict] | None = None) -> None:
         self.s, self.gen, self.templates, self.solver_prompt = settings, generator, templates, solver_prompt
         self.domain_options = domain_options or {}
+        self.tracer = None  # a traces.Tracer: SCoRe chains of the first problems of each suite as MLflow traces
+        self.step = 0
 
     def suites(self):
         for name in self.s.domains:
@@ -73,7 +75,8 @@ class Evaluator:
         with EvalProgress(self.s.progress) as bar:
             for domain, suite, tasks in self.suites():
                 bar.suite(suite, len(tasks) * self.generations_per_task())
-                scores = self.evaluate(module.use_adapter, domain, tasks, bar.advance)
+                self.step = getattr(module, "alive_step", 0)
+                scores = self.evaluate(module.use_adapter, domain, tasks, bar.advance, suite=suite)
                 out.update({f"eval/{suite}/{k}": v for k, v in scores.items()})
         return out
 
@@ -83,7 +86,7 @@ class Evaluator:
         return 1 + 2 * k + 2 * self.s.self_correction
 
     def evaluate(self, use_adapter: Callable[[str], None], domain, tasks,
-                 on_batch: Callable[[int], None] | None = None) -> dict[str, float]:
+                 on_batch: Callable[[int], None] | None = None, suite: str | None = None) -> dict[str, float]:
         if not tasks:
             return {}
         s = self.s
@@ -106,7 +109,7 @@ class Evaluator:
                 per_task = [sum(sampled_ok[i * k_max:(i + 1) * k_max]) for i in range(len(tasks))]
                 m[f"pass_at_{k}"] = M.mean([M.pass_at_k(k_max, c, k) for c in per_task])
         if s.self_correction:
-            m.update(self.self_correction(use_adapter, domain, tasks, greedy, t1, on_batch))
+            m.update(self.self_correction(use_adapter, domain, tasks, greedy, t1, on_batch, suite))
         if sampled_texts:
             review_tasks = [t for t in tasks for _ in range(k_max)]
             rprompts = [self.templates.render("reviewer", task=t.prompt, reference=t.reference, solution=x)
@@ -118,7 +121,8 @@ class Evaluator:
             m.update({f"reviewer/{k}": v for k, v in M.reviewer_quality(verdicts, sampled_ok).items()})
         return m
 
-    def self_correction(self, use_adapter, domain, tasks, attempt1, t1, on_batch=None) -> dict[str, float]:
+    def self_correction(self, use_adapter, domain, tasks, attempt1, t1, on_batch=None,
+                        suite: str | None = None) -> dict[str, float]:
         """SCoRe protocol: critique without the reference, then a revision under that critique."""
         s = self.s
         use_adapter("reviewer")
@@ -135,6 +139,8 @@ class Evaluator:
         sc["edit_distance_ratio"] = M.mean([M.edit_distance_ratio(a.text, b.text) for a, b in zip(attempt1, attempt2)])
         # ALIVE's inference rule (as in its refine phase): revise only what the model's own critique rejects
         verdicts = [parse_critique(k).verdict for k in critiques]
+        if self.tracer is not None and suite is not None:
+            self.tracer.self_correction(suite, self.step, tasks, attempt1, t1, critiques, verdicts, attempt2, t2)
         gated = [b if v is False else a for a, b, v in zip(t1, t2, verdicts)]
         sc.update({f"gated_{k}": v for k, v in M.self_correction(t1, gated).items() if k != "acc_t1"})
         sc.update({f"critique_{k}": v for k, v in M.reviewer_quality(verdicts, t1).items()})

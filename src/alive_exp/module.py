@@ -111,6 +111,7 @@ class AliveModule(pl.LightningModule):
         self.oracle_seen: dict[str, int] = {}  # the oracle's counters at the last step's metrics
         self.mlflow_run_id: str | None = None
         self.transcripts: list[dict[str, Any]] = []
+        self.tracer = None  # a traces.Tracer (rank 0 with a logger): role chains as MLflow traces
         self.history: list[dict[str, float]] = []
         # optimizer groups: per_role -> one per role; shared or full fine-tune -> one for all roles
         self.groups: list[tuple[str | None, list[str]]] = []
@@ -349,13 +350,19 @@ class AliveModule(pl.LightningModule):
         return m
 
     def record(self, metrics, proposals, attempts) -> None:
+        if self.logger is not None and hasattr(self.logger, "errors"):
+            metrics["tracking/errors"] = float(self.logger.errors)  # failed sends so far (each retried)
         self.history.append(metrics)
         if self.logger is not None:
             self.logger.log_metrics(metrics, step=self.alive_step)
         every = self.cfg.trainer.log_transcripts_every
-        if not self.cfg.logger.log_transcripts or not every or (self.alive_step - 1) % every:
+        if not every or (self.alive_step - 1) % every:
             return
         k, step = self.cfg.trainer.transcripts_per_phase, self.alive_step - 1
+        if self.tracer is not None:
+            self.tracer.step(step, proposals, attempts)
+        if not self.cfg.logger.log_transcripts:
+            return
         for p in [p for p in proposals if p.completion is not None][:k]:
             self.transcripts.append(dict(step=step, phase="construct", role="constructor", prompt=p.completion.prompt,
                                          completion=p.completion.text, reward=p.reward,

@@ -2,8 +2,8 @@
 
 Lightning's MLFlowLogger creates runs through `MlflowClient` (there is no active run), so sweep nesting
 uses the `mlflow.parentRunId` tag explicitly: every job of a multirun becomes a child of one parent run.
-Metrics are committed to MLflow with checkpoints (`CheckpointedMLFlowLogger`), so a resumed run logs
-every (key, step) exactly once.
+Metrics reach MLflow as they are logged (`LiveMLFlowLogger`, a sender thread that counts and retries
+failures), and a resumed run skips the (key, step) pairs MLflow already holds, so each is logged once.
 """
 
 from __future__ import annotations
@@ -11,13 +11,18 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import queue
 import subprocess
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+from lightning_fabric.utilities.logger import _add_prefix
 from pytorch_lightning.loggers import MLFlowLogger
 
 log = logging.getLogger(__name__)
@@ -130,62 +135,184 @@ def sweep_child(tracking_uri: str, parent_id: str | None, sweep_dir: str | None,
                 c.set_terminated(parent_id, "FAILED" if statuses & {"FAILED", "KILLED"} else "FINISHED")
 
 
-def make_logger(cfg: DictConfig, *, run_id: str | None = None, parent_run_id: str | None = None):
-    """A `CheckpointedMLFlowLogger` on the configured store; `run_id` continues a run (resume)."""
+class SweepReport(Callback):
+    """Hydra callback: when a multirun's last job has ended, its parent run gets the report of its children
+    (artifacts `report/`: report.md, plots, report.json). A report that cannot be built is logged, and
+    the sweep's jobs keep their results."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        folder = Path(str(config.hydra.sweep.dir)).resolve()
+        record = folder / "mlflow_parent.json"
+        if not record.exists():
+            return
+        info = json.loads(record.read_text())
+        try:
+            from alive_exp.report import run_report
+
+            out, _, _ = run_report(info["tracking_uri"], str(config.logger.experiment_name), parent=info["run_id"],
+                                   out=folder / "report")
+            log.info("sweep report: %s (and on MLflow run %s, artifacts report/)", out / "report.md", info["run_id"])
+        except Exception as exc:  # noqa: BLE001
+            log.warning("the sweep's report was not built (%s: %s); rebuild it with: alive-exp report --parent %s",
+                        type(exc).__name__, exc, info["run_id"])
+
+
+def make_logger(cfg: DictConfig, *, run_id: str | None = None, parent_run_id: str | None = None,
+                fallback: Path | None = None):
+    """A `LiveMLFlowLogger` on the configured store; `run_id` continues a run (resume)."""
     lc = cfg.logger
     ensure_experiment(lc.tracking_uri, lc.experiment_name, lc.artifact_location)
     tags = {k: str(v) for k, v in (lc.tags or {}).items()}
-    tags["reward_mode"] = cfg.reward.mode
-    tags["seed"] = str(cfg.seed)
-    tags["domain"] = cfg.benchmark.domain
-    tags["model"] = cfg.model.name
-    if cfg.get("experiment_name"):
-        tags["experiment"] = cfg.experiment_name
+    tags.update(run_tags(cfg))
     if parent_run_id:
         tags[PARENT_TAG] = parent_run_id
     commit = git_commit(cfg.paths.root_dir)
     if commit:
         tags["mlflow.source.git.commit"] = commit
     name = lc.run_name or f"{cfg.benchmark.domain}-{cfg.reward.mode}-s{cfg.seed}"
-    return CheckpointedMLFlowLogger(experiment_name=lc.experiment_name, tracking_uri=lc.tracking_uri, run_name=name,
-                                    tags=None if run_id else tags, run_id=run_id)
+    logger = LiveMLFlowLogger(experiment_name=lc.experiment_name, tracking_uri=lc.tracking_uri, run_name=name,
+                              tags=None if run_id else tags, run_id=run_id, fallback=fallback)
+    if run_id:
+        logger.skip_held()
+    return logger
 
 
-class CheckpointedMLFlowLogger(MLFlowLogger):
-    """An MLFlowLogger whose metrics reach MLflow together with the checkpoint that covers their step.
+def run_tags(cfg: DictConfig) -> dict[str, str]:
+    """What a researcher filters runs and traces by: reward mode, seed, domain, model (and the experiment)."""
+    tags = {"reward_mode": str(cfg.reward.mode), "seed": str(cfg.seed), "domain": str(cfg.benchmark.domain),
+            "model": str(cfg.model.name)}
+    if cfg.get("experiment_name"):
+        tags["experiment"] = str(cfg.experiment_name)
+    return tags
 
-    A run killed after step k+j resumes from its checkpoint at step k and runs k+1..k+j again; had those
-    steps been logged, MLflow would hold them twice (it has no metric delete). So metrics wait in
-    `pending` until `commit()`, which `AliveCheckpoint` calls right after the checkpoint file is in place;
-    the checkpoint carries `pending` too, and `restore()` logs whatever of it a kill kept from MLflow.
-    Each (key, step) thus appears exactly once. A run that fails does not commit: its steps will rerun.
+
+SEND_RETRIES = (0.2, 0.5, 1.0, 2.0, 4.0)  # seconds between the attempts at one batch (then it waits for the end)
+
+
+class LiveMLFlowLogger(MLFlowLogger):
+    """An MLFlowLogger whose metrics reach MLflow as they are logged, from a sender thread, exactly once.
+
+    Curves are live from the first step: `log_metrics` queues the step's metrics and returns; a background
+    thread sends them (`log_batch`). A failed send (server gone, SQLite "database is locked" under parallel
+    jobs) is counted (`errors`, logged per step as `tracking/errors`), logged and retried with back-off; it
+    never raises into training and never blocks it. What still has not reached MLflow when the run ends is
+    tried once more and then written to `fallback` (a JSON-lines file in the run's folder), so no metric is
+    lost.
+
+    Exactly once on resume: MLflow has no metric delete, and a run resumed from its checkpoint at step k
+    runs steps k+1.. again. A resumed logger first reads which (key, step) pairs the run already holds
+    (`skip_held`) and never logs those again: a re-run step keeps its first values. A checkpoint waits for
+    the sender to drain and carries whatever could not be sent (`undelivered`); on resume `restore` logs
+    the pairs of it MLflow does not hold yet.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, fallback: Path | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.pending: list[tuple[int | None, dict[str, float]]] = []
+        self.fallback, self.errors = fallback, 0
+        self.held: set[tuple[str, int]] = set()
+        self.unsent: list[tuple[int | None, dict[str, float], int]] = []
+        self._queue: queue.Queue = queue.Queue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
 
+    # -- the training side: never blocks, never raises -------------------------------------------------
     def log_metrics(self, metrics, step: int | None = None) -> None:
-        self.pending.append((step, {k: float(v) for k, v in metrics.items()}))
+        metrics = _add_prefix(dict(metrics), self._prefix, self.LOGGER_JOIN_CHAR)
+        items = {k: float(v) for k, v in metrics.items() if (k, step or 0) not in self.held}
+        if items:
+            self._queue.put((step, items, int(time.time() * 1000)))
+            self._start()
 
-    def commit(self) -> None:
-        for step, metrics in self.pending:
-            super().log_metrics(metrics, step)
-        self.pending.clear()
+    def skip_held(self) -> None:
+        """Read the (key, step) pairs the (resumed) run holds; those are never logged again."""
+        c = self.experiment
+        for key in c.get_run(self.run_id).data.metrics:
+            self.held |= {(key, m.step) for m in c.get_metric_history(self.run_id, key)}
 
-    def restore(self, pending: list[tuple[int | None, dict[str, float]]]) -> None:
-        """Log the (key, step) pairs of a checkpoint's pending metrics that MLflow does not hold yet."""
-        keys = {k for _, m in pending for k in m}
-        logged = {k: {m.step for m in self.experiment.get_metric_history(self.run_id, k)} for k in keys}
-        for step, metrics in pending:
-            missing = {k: v for k, v in metrics.items() if (step or 0) not in logged[k]}
-            if missing:
-                super().log_metrics(missing, step)
+    def restore(self, pending: list) -> None:
+        """Queue the metrics a checkpoint carried that MLflow does not hold yet."""
+        for step, metrics, *_ in pending:
+            self.log_metrics(metrics, step)
+
+    def drain(self, timeout: float = 30.0) -> bool:
+        """Wait (at most `timeout` s) until everything queued was sent or given up on; True when all was sent."""
+        deadline = time.time() + timeout
+        while (self._queue.unfinished_tasks) and time.time() < deadline:
+            time.sleep(0.01)
+        return not self._queue.unfinished_tasks and not self.unsent
+
+    def undelivered(self) -> list[tuple[int | None, dict[str, float], int]]:
+        with self._lock:
+            queued = list(self._queue.queue)
+            return [*self.unsent, *queued]
+
+    # -- the sender ----------------------------------------------------------------------------------
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._send_loop, name="mlflow-metrics", daemon=True)
+                self._thread.start()
+
+    def _send_loop(self) -> None:
+        while True:
+            try:
+                item = self._queue.get(timeout=5.0)
+            except queue.Empty:
+                return  # idle: the next log_metrics starts a new sender
+            try:
+                if not self._send(item, SEND_RETRIES):
+                    with self._lock:
+                        self.unsent.append(item)
+            finally:
+                self._queue.task_done()
+
+    def _send(self, item, waits) -> bool:
+        from mlflow.entities import Metric
+
+        step, metrics, stamp = item
+        batch = [Metric(key=k, value=v, timestamp=stamp, step=step or 0)
+                 for k, v in metrics.items()]
+        for wait in (*waits, None):
+            try:
+                for i in range(0, len(batch), 1000):  # MLflow's log_batch limit
+                    self.experiment.log_batch(run_id=self.run_id, metrics=batch[i:i + 1000])
+                return True
+            except Exception as exc:  # noqa: BLE001  (whatever the store raises, training goes on)
+                self.errors += 1
+                log.warning("MLflow did not take the metrics of step %s (%s: %s)%s", step, type(exc).__name__,
+                            str(exc)[:200], f"; again in {wait:g} s" if wait is not None else "; kept for the end")
+                if wait is None:
+                    return False
+                time.sleep(wait)
+        return False
 
     def finalize(self, status: str = "success") -> None:
+        """Lightning calls this when `fit` ends: a successful fit only drains (the run goes on with its final
+        evaluation, and stays RUNNING until `end`); a failed one ends the run."""
         if status == "success":
-            self.commit()
-        super().finalize(status)
+            self.drain(timeout=120.0)
+        else:
+            self.end(status)
+
+    def end(self, status: str = "success") -> None:
+        """Send what is queued, try what failed once more, write what is left to `fallback`; then end the run."""
+        self.drain(timeout=120.0)
+        with self._lock:
+            retry, self.unsent = self.unsent, []
+        left = [item for item in retry if not self._send(item, (1.0,))]
+        if left:
+            where = self.fallback or Path("unsent_metrics.jsonl")
+            where.parent.mkdir(parents=True, exist_ok=True)
+            with where.open("a") as f:
+                for step, metrics, stamp in left:
+                    f.write(json.dumps({"step": step, "timestamp": stamp, "metrics": metrics}) + "\n")
+            log.warning("%d metric batches never reached MLflow (%d failed sends); they are in %s", len(left),
+                        self.errors, where)
+        try:
+            super().finalize(status)
+        except Exception as exc:  # noqa: BLE001
+            self.errors += 1
+            log.warning("MLflow did not take the run's end status (%s)", exc)
 
 
 def log_config(logger, cfg: DictConfig) -> None:
@@ -199,6 +326,61 @@ def log_config(logger, cfg: DictConfig) -> None:
     for i in range(0, len(new), 100):
         c.log_batch(run_id, params=new[i:i + 100])
     c.log_text(run_id, OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+
+
+def system_metrics(cfg: DictConfig, run_id: str):
+    """MLflow's system-metrics monitor (CPU, memory, disk, network; GPU with nvidia-ml-py) on the run, started;
+    None when it cannot start (it is a view on the machine, never a reason to stop a run)."""
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=float(cfg.logger.system_metrics_every),
+                                       samples_before_logging=1, tracking_uri=cfg.logger.tracking_uri)
+        monitor.start()
+        return monitor
+    except Exception as exc:  # noqa: BLE001
+        log.warning("system metrics are not logged (%s)", exc)
+        return None
+
+
+def stop(monitor) -> None:
+    try:
+        monitor.finish()
+    except Exception as exc:  # noqa: BLE001
+        log.warning("system metrics monitor did not stop cleanly (%s)", exc)
+
+
+FINAL_METRICS = ("accuracy", "sampled_accuracy", "pass_at_", "self_correction/acc_t2", "self_correction/delta",
+                 "reviewer/agreement")  # per suite; pass_at_ stands for every k
+
+
+def final_table(final: dict[str, Any], before: dict[str, float]) -> list[dict[str, Any]]:
+    """Held-out metrics per suite, before training (`trainer.eval_at_start`, or the warm start's own held-out
+    check on the same problems) and after."""
+    rows = []
+    suites = sorted({k.split("/")[1] for k in final if k.startswith("eval/") and k.endswith("/accuracy")})
+    for suite in suites:
+        n = final.get(f"eval/{suite}/n_tasks")
+        names = sorted(k.split("/", 2)[2] for k in final if k.startswith(f"eval/{suite}/"))
+        for metric in [m for m in names for f in FINAL_METRICS if m == f or (f.endswith("_") and m.startswith(f))]:
+            key = f"eval/{suite}/{metric}"
+            start = before.get(key)
+            if start is None and metric == "accuracy" and suite.endswith("_heldout") and \
+                    final.get("warmstart/eval_size") == n and "warmstart/heldout_accuracy" in final:
+                start = final["warmstart/heldout_accuracy"]
+            rows.append({"suite": suite, "metric": metric, "problems": int(n or 0), "before": start,
+                         "after": float(final[key]), "gain": None if start is None else float(final[key]) - start})
+    return rows
+
+
+def log_final_table(logger, rows: list[dict[str, Any]]) -> None:
+    """The final table as a run artifact the MLflow UI renders (`final_table.json`); never fatal."""
+    if not rows:
+        return
+    try:
+        logger.experiment.log_table(logger.run_id, data=pd.DataFrame(rows), artifact_file="final_table.json")
+    except Exception as exc:  # noqa: BLE001
+        log.warning("final table not logged (%s)", exc)
 
 
 def log_transcripts(logger, rows: list[dict[str, Any]], artifact_file: str = "transcripts.json") -> None:

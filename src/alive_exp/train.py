@@ -23,6 +23,7 @@ from alive_exp.module import AliveModule
 from alive_exp.oracles import Oracle, RuleOracle
 from alive_exp.roles import RoleTemplates
 from alive_exp.rollout import Generator
+from alive_exp.traces import Tracer
 
 log = logging.getLogger(__name__)
 
@@ -159,13 +160,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     module = build(cfg)
     module.profile_root = out / "profile"
     module.generator.synced_gpus = distributed.is_sharded(strategy)
-    logger, parent, sweep_dir = False, None, None
+    logger, parent, sweep_dir, monitor = False, None, None, None
     if zero:
         run_id = resumed_run_id(ckpt) if ckpt else None
         parent, sweep_dir = sweep_parent_id(cfg)
-        logger = tracking.make_logger(cfg, run_id=run_id, parent_run_id=parent)
+        logger = tracking.make_logger(cfg, run_id=run_id, parent_run_id=parent, fallback=out / "unsent_metrics.jsonl")
         tracking.log_config(logger, cfg)
         module.mlflow_run_id = logger.run_id
+        if cfg.logger.log_traces:
+            module.tracer = Tracer(cfg.logger.tracking_uri, logger.experiment_id, logger.run_id, tracking.run_tags(cfg),
+                                   cfg.trainer.transcripts_per_phase)
+            if module.evaluator is not None:
+                module.evaluator.tracer = module.tracer
+        monitor = tracking.system_metrics(cfg, logger.run_id) if cfg.logger.system_metrics else None
     every = cfg.trainer.checkpoint_every
     callbacks: list[pl.Callback] = [AliveCheckpoint(out / "checkpoints", every, config_fingerprint(cfg)),
                                     TranscriptFlush(every), distributed.DataShards()]
@@ -184,9 +191,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     )
     with distributed.own_process_group(), tracking.sweep_child(cfg.logger.tracking_uri, parent, sweep_dir,
                                                                lambda: module.mlflow_run_id):
+        before: dict[str, float] = {}
+        if cfg.trainer.eval_at_start and module.evaluator is not None and not ckpt:
+            before = module.evaluator(module)
+            if trainer.is_global_zero:
+                logger.log_metrics(before, step=0)
         loader = torch.utils.data.DataLoader(StepIndices(module, cfg.trainer.max_steps), batch_size=None)
         # our own checkpoints hold RNG states (numpy arrays), which weights_only loading refuses
-        trainer.fit(module, loader, ckpt_path=ckpt, weights_only=False)
+        try:
+            trainer.fit(module, loader, ckpt_path=ckpt, weights_only=False)
+        except BaseException:
+            if monitor is not None:
+                tracking.stop(monitor)
+            raise
         final: dict[str, float] = dict(module.history[-1]) if module.history else {}
         if module.warm_start and trainer.is_global_zero:
             warm = {f"warmstart/{k}": float(module.warm_start[k]) for k in
@@ -201,10 +218,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             final.update(scores)
         if trainer.is_global_zero:
             save_policy(module, out / "policy")
+            if module.tracer is not None:
+                final.update(module.tracer.finish())
+            if monitor is not None:
+                tracking.stop(monitor)
+            final["tracking/errors"] = float(logger.errors)
+            logger.log_metrics({k: final[k] for k in final if k.startswith("tracking/")}, step=module.alive_step)
             logger.experiment.log_dict(logger.run_id, final, "final_metrics.json")
+            tracking.log_final_table(logger, tracking.final_table(final, before))
             if module.profile_root.is_dir():  # trainer.profile: the per-phase operator tables
                 logger.experiment.log_artifacts(logger.run_id, str(module.profile_root), artifact_path="profile")
-            logger.finalize("success")
+            logger.end("success")
             write_run_info(out / "checkpoints", finished=True)
     final["mlflow_run_id"] = module.mlflow_run_id
     final["output_dir"] = str(out)
