@@ -134,6 +134,13 @@ def _takes_logits_to_keep(cls: type) -> bool:
     return "logits_to_keep" in inspect.signature(cls.forward).parameters
 
 
+def _cache_arg(model) -> str:
+    """The forward's name for past keys and values: `cache` from transformers 5.2x (where `past_key_values`
+    is deprecated), `past_key_values` before."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
+
+
 ENTROPY_EVERY = 4  # rows of a micro-batch whose entropy is measured: 1 in 4
 
 
@@ -258,10 +265,11 @@ def _shared_prefix_logprobs(model, samples: list[Sample], ids: torch.Tensor, att
     # logits only from the first suffix index any sample's completion needs (its prompt's end, minus one)
     lead = int(min(len(s.prompt_ids) - prefix_of for s, prefix_of in zip(samples, start.tolist()))) - 1
     pre = {"logits_to_keep": 1} if _keeps_logits(model) else {}
-    cache = model(input_ids=pre_ids, attention_mask=pre_attn, use_cache=True, **pre).past_key_values
+    out = model(input_ids=pre_ids, attention_mask=pre_attn, use_cache=True, **pre)
+    cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
     cache.batch_select_indices(row)
     logits = _logits(model, suffix.size(1) - lead, input_ids=suffix,
-                     attention_mask=torch.cat([pre_attn[row], valid.long()], 1), past_key_values=cache,
+                     attention_mask=torch.cat([pre_attn[row], valid.long()], 1), **{_cache_arg(model): cache},
                      position_ids=positions, use_cache=False)[:, :-1]
     lp, ent = _target_logprobs(logits, suffix[:, lead + 1:], temperature)  # column i: suffix index lead + 1 + i
     # back to the batch's layout: ids position t is suffix index t - start, i.e. lp column t - start - lead - 1
