@@ -237,7 +237,9 @@ class LiveMLFlowLogger(MLFlowLogger):
     def drain(self, timeout: float = 30.0) -> bool:
         """Wait (at most `timeout` s) until everything queued was sent or given up on; True when all was sent."""
         deadline = time.time() + timeout
-        while (self._queue.unfinished_tasks) and time.time() < deadline:
+        if self._queue.unfinished_tasks:
+            self._start()
+        while self._queue.unfinished_tasks and time.time() < deadline:
             time.sleep(0.01)
         return not self._queue.unfinished_tasks and not self.unsent
 
@@ -258,7 +260,11 @@ class LiveMLFlowLogger(MLFlowLogger):
             try:
                 item = self._queue.get(timeout=5.0)
             except queue.Empty:
-                return  # idle: the next log_metrics starts a new sender
+                with self._lock:  # idle: the next log_metrics starts a new sender (checked under the same lock)
+                    if self._queue.empty():
+                        self._thread = None
+                        return
+                continue
             try:
                 if not self._send(item, SEND_RETRIES):
                     with self._lock:
