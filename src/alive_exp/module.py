@@ -28,6 +28,7 @@ from alive_exp.distributed import sync_gradients
 from alive_exp.losses import Sample, contributing, prefix_groups, reference_logprobs, role_loss
 from alive_exp.models import adapter_parameters, role_adapter
 from alive_exp.roles import ROLES
+from alive_exp.tracking import STEP_DRAIN_S
 
 log = logging.getLogger(__name__)
 
@@ -355,6 +356,8 @@ class AliveModule(pl.LightningModule):
         self.history.append(metrics)
         if self.logger is not None:
             self.logger.log_metrics(metrics, step=self.alive_step)
+            if hasattr(self.logger, "drain"):  # send at the step boundary, not beside the next step's phases
+                self.logger.drain(timeout=STEP_DRAIN_S)
         every = self.cfg.trainer.log_transcripts_every
         if not every or (self.alive_step - 1) % every:
             return

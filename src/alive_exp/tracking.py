@@ -187,13 +187,17 @@ def run_tags(cfg: DictConfig) -> dict[str, str]:
 
 
 SEND_RETRIES = (0.2, 0.5, 1.0, 2.0, 4.0)  # seconds between the attempts at one batch (then it waits for the end)
+# the step waits at most this long for its metrics to be sent: on a 2-core machine a send that overlaps the
+# next step's generation and update slows them (the store's CPU work competes with torch's threads), so
+# the step ends with its send; a store slower than this (locked, gone) is left to the sender's retries
+STEP_DRAIN_S = 2.0
 
 
 class LiveMLFlowLogger(MLFlowLogger):
     """An MLFlowLogger whose metrics reach MLflow as they are logged, from a sender thread, exactly once.
 
     Curves are live from the first step: `log_metrics` queues the step's metrics and returns; a background
-    thread sends them (`log_batch`). A failed send (server gone, SQLite "database is locked" under parallel
+    thread sends them (`log_batch`), and the step waits for that send at its end (at most `STEP_DRAIN_S`). A failed send (server gone, SQLite "database is locked" under parallel
     jobs) is counted (`errors`, logged per step as `tracking/errors`), logged and retried with back-off; it
     never raises into training and never blocks it. What still has not reached MLflow when the run ends is
     tried once more and then written to `fallback` (a JSON-lines file in the run's folder), so no metric is
