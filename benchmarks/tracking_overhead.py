@@ -1,12 +1,13 @@
 """What tracking costs a step: traces, transcripts and system metrics on (every step) against off, one invocation.
 
-    python benchmarks/tracking_overhead.py [--reps 5] [--steps 20] [--threads 2] [--smoke]
+    python benchmarks/tracking_overhead.py [--reps 5] [--steps 20] [--threads 2] [--every 1] [--smoke]
 
 Both sides run the step benchmark's world (`benchmarks/step_phases.py`: basic arithmetic, 16 tasks x 8
 solutions, from the same warm start) with this checkout's code; per-step metrics go to a SQLite store on
 both sides (the sender thread is always on). `on` adds the worst case of everything else: every step a
 transcript step (`trainer.log_transcripts_every=1`: 4 task traces of ~40 spans each and the transcript
 rows), system metrics sampled every second. `off` turns traces, transcripts and system metrics off.
+`--every 10` measures the defaults instead: a transcript step in ten, system metrics every 10 s.
 
 The figure is wall-clock seconds per step, read from the timestamps MLflow stores with each step's
 metrics (the mean interval over steps 2..S), which includes what `time/step` does not: writing the traces
@@ -61,6 +62,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ref", default="99f8d45", help="the commit whose warm start the step benchmark uses")
     ap.add_argument("--data", type=Path, default=REPO / "data" / "bench_step")
+    ap.add_argument("--every", type=int, default=1, help="transcript (trace) steps on the `on` side: 1 in this many "
+                    "(10: the defaults, with system metrics every 10 s)")
     ap.add_argument("--smoke", action="store_true", help="1 rep of 4 steps (CI: it runs, not a figure)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -68,17 +71,22 @@ def main() -> None:
         args.reps, args.steps = 1, 4
     old = worktree(args.ref, args.data / f"worktree-{args.ref}")
     init = warm_start(old, args.data / ("smoke-data" if args.smoke else "data"), args.threads, 4 if args.smoke else None)
+    sides = {"off": SIDES["off"], "on": [o for o in SIDES["on"] if not o.startswith(("trainer.log_transcripts_every",
+                                                                                  "logger.system_metrics_every"))]
+             + [f"trainer.log_transcripts_every={args.every}", f"logger.system_metrics_every={1 if args.every == 1 else 10}"]}
     got: dict[str, list[float]] = {"off": [], "on": []}
     for i in range(args.reps):
         for side in ("off", "on") if i % 2 == 0 else ("on", "off"):
-            got[side].append(seconds_per_step(init, args.steps, i, args.threads, SIDES[side]))
+            got[side].append(seconds_per_step(init, args.steps, i, args.threads, sides[side]))
             print(f"rep {i + 1}/{args.reps} {side}: {got[side][-1]:.3f} s per step", flush=True)
     off, on = statistics.median(got["off"]), statistics.median(got["on"])
     print(f"\n{args.reps} reps x {args.steps} steps per side, {args.threads} torch threads; wall seconds per step "
           f"(steps 2..{args.steps}); median [min, max] over reps")
     for side, med in (("off", off), ("on", on)):
         print(f"  tracking {side:<4}{med:>8.3f} [{min(got[side]):.3f}, {max(got[side]):.3f}]")
-    print(f"  on / off {on / off:.3f}x  (traces + transcripts every step, system metrics every second)")
+    what = ("traces + transcripts every step, system metrics every second" if args.every == 1 else
+            f"traces + transcripts every {args.every} steps, system metrics every 10 s")
+    print(f"  on / off {on / off:.3f}x  ({what})")
     if args.json:
         args.json.write_text(json.dumps({"seconds_per_step": got, "ratio_of_medians": on / off}, indent=1))
 
