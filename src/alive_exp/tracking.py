@@ -375,12 +375,20 @@ def final_table(final: dict[str, Any], before: dict[str, float]) -> list[dict[st
         for metric in [m for m in names for f in FINAL_METRICS if m == f or (f.endswith("_") and m.startswith(f))]:
             key = f"eval/{suite}/{metric}"
             start = before.get(key)
-            if start is None and metric == "accuracy" and suite.endswith("_heldout") and \
-                    final.get("warmstart/eval_size") == n and "warmstart/heldout_accuracy" in final:
-                start = final["warmstart/heldout_accuracy"]
+            if start is None and metric == "accuracy":
+                start = warm_start_accuracy(final, suite)
             rows.append({"suite": suite, "metric": metric, "problems": int(n or 0), "before": start,
                          "after": float(final[key]), "gain": None if start is None else float(final[key]) - start})
     return rows
+
+
+def warm_start_accuracy(final: dict[str, Any], suite: str) -> float | None:
+    """The warm start's own held-out greedy accuracy when it was measured on this suite's problems (a
+    `_heldout` suite of the same size), else None."""
+    n = final.get(f"eval/{suite}/n_tasks")
+    if suite.endswith("_heldout") and n is not None and final.get("warmstart/eval_size") == n:
+        return final.get("warmstart/heldout_accuracy")
+    return None
 
 
 def log_final_table(logger, rows: list[dict[str, Any]]) -> None:

@@ -240,12 +240,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 def summary(final: dict[str, Any], cfg: DictConfig) -> str:
     """The run's last lines: held-out accuracy before and after training, and where the MLflow run is."""
     lines = []
-    before = final.get("warmstart/heldout_accuracy")
     for key in sorted(k for k in final if k.startswith("eval/") and k.endswith("/accuracy") and k.count("/") == 2):
         suite = key.split("/")[1]
         n = int(final.get(f"eval/{suite}/n_tasks", 0))
-        same = key.endswith("_heldout/accuracy") and final.get("warmstart/eval_size") == n  # the same problems
-        start = f"warm start {100 * before:.1f}% -> " if before is not None and same else ""
+        before = tracking.warm_start_accuracy(final, suite)  # measured on the same problems, or None
+        start = f"warm start {100 * before:.1f}% -> " if before is not None else ""
         lines.append(f"held-out accuracy {suite} ({n} problems, greedy): {start}trained {100 * final[key]:.1f}%")
     uri = cfg.logger.tracking_uri
     lines.append(f"MLflow run {final.get('mlflow_run_id')} (experiment {cfg.logger.experiment_name!r}) in {uri}; "
