@@ -325,3 +325,72 @@ def test_the_entropy_metric_is_the_full_distributions_on_the_sampled_rows(lm):
     rows = mask[::ENTROPY_EVERY, 1:]
     assert info["entropy_tokens"] == float(rows.sum()) > 0
     assert abs(info["entropy_sum"] - float((exact[::ENTROPY_EVERY] * rows).sum())) < 1e-4
+
+
+def _full_logprobs(model, ids, attn, temperature=1.0):
+    """The memory-hungry reference: logits at every position, a full fp32 log-softmax, gather."""
+    logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float() / temperature
+    return torch.nn.functional.pad(torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None]).squeeze(-1), (1, 0))
+
+
+def test_chunked_per_row_logprobs_equal_the_full_computation(lm, monkeypatch):
+    """The vocabulary projection runs at each row's own completion positions only, in chunks recomputed in
+    the backward pass; log-probs, gradient and entropies equal the full log-softmax over every position."""
+    from peft import LoraConfig, get_peft_model
+
+    import alive_exp.losses as L
+
+    torch.manual_seed(3)
+    peft = get_peft_model(copy.deepcopy(lm), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                        init_lora_weights=False))
+    samples = _samples(9, seed=2)
+    ids, attn, mask = _batch(samples, PAD, torch.device("cpu"))
+    want = _full_logprobs(peft, ids, attn, 0.7) * mask
+    projected = []
+    head = peft.get_base_model().get_output_embeddings()
+    hook = head.register_forward_hook(lambda m, a, out: projected.append(a[0].shape[:-1].numel()))
+
+    def grads(share: bool):
+        peft.zero_grad()
+        for s in samples:
+            s.old_logps = None
+        loss, info = role_loss(peft, samples, pad_id=PAD, clip_eps=0.2, kl_coef=0.0, total_tokens=40,
+                               temperature=0.7, share_prefix=share)
+        loss.backward()
+        return [p.grad.clone() for p in peft.parameters() if p.grad is not None], info
+
+    # one chunk
+    got = token_logprobs(peft, ids, attn, 0.7, first=[len(s.prompt_ids) for s in samples]) * mask
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert projected[-1] == int(mask.sum())  # no prompt or padding position is projected
+    one, info_one = grads(False)
+    # three positions per chunk: many chunks, each recomputed for its backward
+    monkeypatch.setattr(L, "CHUNK_BYTES", 3 * 4 * 32)
+    projected.clear()
+    got = token_logprobs(peft, ids, attn, 0.7, first=[len(s.prompt_ids) for s in samples]) * mask
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert max(projected) <= 3 and sum(projected) >= int(mask.sum())
+    many, info_many = grads(False)
+    assert len(one) == len(many) > 0
+    for a, b in zip(one, many):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+    assert info_many["entropy_sum"] == pytest.approx(info_one["entropy_sum"], rel=1e-5)
+    # the model's own forward (logits sliced) gives the same gradient
+    monkeypatch.setattr(L, "_body_and_head", lambda model: None)
+    sliced, _ = grads(False)
+    for a, b in zip(one, sliced):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+    hook.remove()
+
+
+def test_the_warm_starts_likelihood_is_the_cross_entropy_of_the_completions(lm):
+    from alive_exp.losses import likelihood_loss
+
+    samples = _samples(6, seed=4)
+    ids, attn, mask = _batch(samples, PAD, torch.device("cpu"))
+    labels = torch.where(mask > 0, ids, -100)[:, 1:]
+    logits = lm(input_ids=ids, attention_mask=attn).logits[:, :-1]
+    want = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), reduction="sum")
+    total = int(mask.sum()) + 5  # the step's tokens: more than this micro-batch's
+    got = likelihood_loss(lm, samples[:4], PAD, total) + likelihood_loss(lm, samples[4:], PAD, total)
+    assert float(got) == pytest.approx(float(want) / total, rel=1e-5)

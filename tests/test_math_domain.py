@@ -103,3 +103,20 @@ def test_fixed_heldout_benchmark_across_seeds():
     d = domains.get("math")
     a, b = d.documents("test", 30, 0), d.documents("test", 30, 100)
     assert len({x.text for x in a} & {x.text for x in b}) >= 28
+
+
+def test_reasoning_gym_splits_are_hash_buckets_the_same_for_every_seed():
+    """Held-out and validation problems are fixed hash buckets of the question: identical for every seed,
+    disjoint from each other, and absent from every seed's training pool."""
+    from alive_exp.domains.base import split_of
+
+    d = domains.get("math", sources=["basic_arithmetic"])
+    first = lambda docs: [x.text.splitlines()[0] for x in docs]  # noqa: E731
+    held = first(d.documents("test", 60, 0))
+    assert held == first(d.documents("test", 60, 123)) and len(held) == 60
+    val = [t.prompt.splitlines()[0] for t in d.benchmarks()["math_validation"](40, 5)]
+    assert len(val) == 40 and not set(val) & set(held)
+    for seed in (0, 1):
+        train = first(d.documents("train", 300, seed))
+        assert len(train) == 300 and not set(train) & (set(held) | set(val))
+        assert {split_of(q) for q in train} == {"train"}

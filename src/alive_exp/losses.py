@@ -115,18 +115,9 @@ def _batch(samples: list[Sample], pad_id: int, device: torch.device):
     return ids.to(device), attn.to(device), mask.to(device)
 
 
-def _logits(model, keep: int, **inputs) -> torch.Tensor:
-    """The model's logits at the last `keep` positions: computed only there when the model takes
-    `logits_to_keep` (every transformers causal LM), sliced from the full logits otherwise."""
-    if _keeps_logits(model):
-        return model(**inputs, logits_to_keep=keep).logits
-    return model(**inputs).logits[:, -keep:]
-
-
 def _keeps_logits(model) -> bool:
     """Whether the (PEFT-wrapped) model's forward takes `logits_to_keep`."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return _takes_logits_to_keep(type(base))
+    return _takes_logits_to_keep(type(_base(model)))
 
 
 @functools.cache
@@ -134,50 +125,145 @@ def _takes_logits_to_keep(cls: type) -> bool:
     return "logits_to_keep" in inspect.signature(cls.forward).parameters
 
 
-def _cache_arg(model) -> str:
+def _base(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _cache_arg(module) -> str:
     """The forward's name for past keys and values: `cache` from transformers 5.2x (where `past_key_values`
     is deprecated), `past_key_values` before."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
+    return "cache" if "cache" in inspect.signature(type(module).forward).parameters else "past_key_values"
+
+
+def _body_and_head(model):
+    """The (PEFT-wrapped) causal LM as its decoder and its vocabulary projection, so the projection runs only
+    at the positions that are scored; None for a model that cannot be split so (then its logits are sliced)."""
+    base = _base(model)
+    if not (hasattr(base, "get_decoder") and hasattr(base, "get_output_embeddings")):
+        return None
+    if getattr(getattr(base, "config", None), "final_logit_softcapping", None):
+        return None  # logits are transformed after the projection: leave the model's own forward to do it
+    body, head = base.get_decoder(), base.get_output_embeddings()
+    if body is None or head is None or body is base:
+        return None
+    return body, head
 
 
 ENTROPY_EVERY = 4  # rows of a micro-batch whose entropy is measured: 1 in 4
+CHUNK_BYTES = 256 * 2 ** 20  # fp32 logits of one chunk of scored positions (a 152k vocabulary: ~440 positions)
 
 
-def _target_logprobs(logits: torch.Tensor, targets: torch.Tensor,
-                     temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """log softmax(logits / temperature) at the targets, without materialising the full log-softmax (for a
-    large vocabulary that tensor, in fp32 over every position, is most of the learner's memory); and the
-    entropy of the full distribution at each position of every ENTROPY_EVERY-th row (a metric: no gradient,
-    a sample of rows, so it costs ~1% of the update)."""
+def _chunk_rows(vocab: int) -> int:
+    return max(1, CHUNK_BYTES // (4 * max(vocab, 1)))
+
+
+def _scores_of(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
     logits = logits.float()
     if temperature != 1.0:
         logits = logits / temperature
-    lp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-    with torch.no_grad():
-        z = logits.detach()[::ENTROPY_EVERY]
-        ent = torch.cat([torch.logsumexp(c, -1) - (torch.softmax(c, -1) * c).sum(-1) for c in z.split(8)]) \
-            if z.size(0) else z.new_zeros(z.shape[:-1])
-    return lp, ent
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def _entropy_of(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    z = logits.detach().float()
+    if temperature != 1.0:
+        z = z / temperature
+    return torch.logsumexp(z, -1) - (torch.softmax(z, -1) * z).sum(-1)
+
+
+def _selected_scores(project, hidden: torch.Tensor, targets: torch.Tensor, measured: torch.Tensor,
+                     temperature: float, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """log softmax(project(h) / temperature) at each target, for the flat scored positions `hidden` (T, H), in
+    chunks of CHUNK_BYTES of logits: a chunk's logits are never all kept for the backward pass (each chunk is
+    recomputed there, as activation checkpointing does), so the learner's memory is one chunk's logits, not
+    every position's (for a 152k vocabulary those, in fp32, are most of it). Also the entropy of the full
+    distribution at the positions `measured` selects (a metric: no gradient)."""
+    n = _chunk_rows(vocab)
+    if hidden.size(0) <= n:  # one chunk: nothing to save by recomputing
+        logits = project(hidden)
+        with torch.no_grad():
+            ent = _entropy_of(logits[measured], temperature)
+        return _scores_of(logits, targets, temperature), ent
+    from torch.utils.checkpoint import checkpoint
+
+    lps, ents = [], []
+    for h, t, m in zip(hidden.split(n), targets.split(n), measured.split(n)):
+        if torch.is_grad_enabled() and h.requires_grad:
+            lps.append(checkpoint(lambda h, t: _scores_of(project(h), t, temperature), h, t, use_reentrant=False))
+        else:
+            lps.append(_scores_of(project(h), t, temperature))
+        with torch.no_grad():
+            ents.append(_entropy_of(project(h[m]), temperature) if bool(m.any()) else h.new_zeros(0))
+    return torch.cat(lps), torch.cat(ents)
+
+
+def _scored_positions(attn: torch.Tensor, first) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, position) of every token scored: a real token (attention 1) at or after its row's `first` (an int
+    for every row, or one per row: a right-padded batch's completions start where each row's prompt ends)."""
+    width = attn.size(1)
+    start = torch.as_tensor(first, device=attn.device).clamp(min=1).reshape(-1, 1)
+    keep = (torch.arange(width, device=attn.device).unsqueeze(0) >= start) & (attn > 0)
+    return keep.nonzero(as_tuple=True)
+
+
+def _scatter(shape, rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    out = values.new_zeros(shape)
+    return out.index_put((rows, cols), values)
+
+
+def _named_cache(inputs: dict, module) -> dict:
+    """`inputs` with its past keys and values (given as `past_key_values`) under the name `module` takes."""
+    if "past_key_values" not in inputs or _cache_arg(module) == "past_key_values":
+        return inputs
+    out = dict(inputs)
+    out[_cache_arg(module)] = out.pop("past_key_values")
+    return out
+
+
+def _position_scores(model, inputs: dict, rows: torch.Tensor, at: torch.Tensor, targets: torch.Tensor,
+                     temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs of `targets` predicted at (rows, at) of the model's output on `inputs`, and the entropies at
+    the positions of every ENTROPY_EVERY-th row: the decoder runs on every position, the vocabulary projection
+    only on the predicting ones (`_body_and_head`), else the model's logits from the first of them are sliced."""
+    measured = rows % ENTROPY_EVERY == 0
+    split = _body_and_head(model)
+    if split is not None:
+        body, head = split
+        hidden = body(**_named_cache(inputs, body), use_cache=False).last_hidden_state
+        vocab = head.weight.size(0) if hasattr(head, "weight") else int(_base(model).config.vocab_size)
+        return _selected_scores(head, hidden[rows, at], targets, measured, temperature, vocab)
+    lo = int(at.min())
+    inputs = _named_cache(inputs, _base(model))
+    width = inputs["input_ids"].size(1)
+    if _keeps_logits(model):
+        logits = model(**inputs, use_cache=False, logits_to_keep=width - lo).logits
+    else:
+        logits = model(**inputs).logits[:, lo:]
+    picked = logits[rows, at - lo]
+    return _selected_scores(lambda x: x, picked, targets, measured, temperature, picked.size(-1))
 
 
 def token_logprobs(model, ids: torch.Tensor, attn: torch.Tensor, temperature: float = 1.0,
-                   first: int = 1) -> torch.Tensor:
-    """log p(token_t | tokens_<t) for every position t >= `first` (earlier positions get 0), under
-    softmax(logits / temperature): the distribution the sampler drew from, so the policy gradient scores what
-    the policy sampled. Logits are computed only where they are needed (`logits_to_keep`): with `first` the
-    batch's first completion position, the prompts' positions cost no vocabulary projection."""
+                   first=1) -> torch.Tensor:
+    """log p(token_t | tokens_<t) for every real token at a position t >= `first` (an int, or one per row;
+    other positions get 0), under softmax(logits / temperature): the distribution the sampler drew from, so the
+    policy gradient scores what the policy sampled. The vocabulary projection runs only at the scored
+    positions, each row's own (a right-padded batch's completions start at different columns), in chunks."""
     return _token_scores(model, ids, attn, temperature, first)[0]
 
 
 def _token_scores(model, ids: torch.Tensor, attn: torch.Tensor, temperature: float = 1.0,
-                  first: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """`token_logprobs`, and the entropy at each position of every ENTROPY_EVERY-th row (no gradient)."""
-    first = max(int(first), 1)
-    keep = ids.size(1) - first + 1  # logits at positions first-1 .. W-1 predict tokens first .. W (the last unused)
-    logits = _logits(model, keep, input_ids=ids, attention_mask=attn)[:, :-1]
-    logp, ent = _target_logprobs(logits, ids[:, first:], temperature)
-    return torch.nn.functional.pad(logp, (first, 0)), torch.nn.functional.pad(ent, (first, 0))
+                  first=1) -> tuple[torch.Tensor, torch.Tensor]:
+    """`token_logprobs`, and the entropy at each scored position of every ENTROPY_EVERY-th row (no gradient),
+    shaped as `ids[::ENTROPY_EVERY]`."""
+    rows, cols = _scored_positions(attn, first)
+    if rows.numel() == 0:
+        return torch.zeros(ids.shape, device=ids.device), torch.zeros(ids[::ENTROPY_EVERY].shape, device=ids.device)
+    lp, ent = _position_scores(model, {"input_ids": ids, "attention_mask": attn}, rows, cols - 1, ids[rows, cols],
+                               temperature)
+    m = rows % ENTROPY_EVERY == 0
+    return (_scatter(ids.shape, rows, cols, lp),
+            _scatter(ids[::ENTROPY_EVERY].shape, rows[m] // ENTROPY_EVERY, cols[m], ent))
 
 
 MIN_SHARED_PREFIX = 8  # fewer prompt tokens saved are not worth a second forward call
@@ -244,8 +330,9 @@ def _shared_prefix_logprobs(model, samples: list[Sample], ids: torch.Tensor, att
     groups = list(members.values())
     prefix = [common_prefix([samples[i] for i in m]) for m in groups]
     saved = sum((len(m) - 1) * p for m, p in zip(groups, prefix))  # prompt tokens not run again
+    first = torch.tensor([len(s.prompt_ids) for s in samples], device=ids.device)
     if saved < MIN_SHARED_PREFIX or min(prefix) < 1:
-        return _token_scores(model, ids, attn, temperature, first=min(len(s.prompt_ids) for s in samples))
+        return _token_scores(model, ids, attn, temperature, first=first)
     dev, width = ids.device, ids.size(1)
     pre_ids = ids.new_zeros((len(groups), max(prefix)))
     pre_attn = torch.zeros_like(pre_ids)
@@ -256,29 +343,26 @@ def _shared_prefix_logprobs(model, samples: list[Sample], ids: torch.Tensor, att
     row = row.to(dev)
     start = torch.tensor(prefix, device=dev)[row]                 # each sample's first suffix position
     rest = attn.sum(1) - start                                      # its suffix length (prompt rest + completion)
-    if int(rest.max()) < 2:  # no completion token anywhere: nothing to score
+    rows, cols = _scored_positions(attn, first)                     # completion tokens, in the batch's layout
+    if rows.numel() == 0:  # no completion token anywhere: nothing to score
         return torch.zeros(ids.shape, device=dev), torch.zeros(ids[::ENTROPY_EVERY].shape, device=dev)
     j = torch.arange(int(rest.max()), device=dev).unsqueeze(0)
     valid = j < rest.unsqueeze(1)
     positions = start.unsqueeze(1) + j
     suffix = torch.where(valid, ids.gather(1, positions.clamp(max=width - 1)), 0)
-    # logits only from the first suffix index any sample's completion needs (its prompt's end, minus one)
-    lead = int(min(len(s.prompt_ids) - prefix_of for s, prefix_of in zip(samples, start.tolist()))) - 1
-    pre = {"logits_to_keep": 1} if _keeps_logits(model) else {}
-    out = model(input_ids=pre_ids, attention_mask=pre_attn, use_cache=True, **pre)
+    split = _body_and_head(model)
+    prefix_model = split[0] if split is not None else model
+    pre = {"logits_to_keep": 1} if split is None and _keeps_logits(model) else {}
+    out = prefix_model(input_ids=pre_ids, attention_mask=pre_attn, use_cache=True, **pre)
     cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
     cache.batch_select_indices(row)
-    logits = _logits(model, suffix.size(1) - lead, input_ids=suffix,
-                     attention_mask=torch.cat([pre_attn[row], valid.long()], 1), **{_cache_arg(model): cache},
-                     position_ids=positions, use_cache=False)[:, :-1]
-    lp, ent = _target_logprobs(logits, suffix[:, lead + 1:], temperature)  # column i: suffix index lead + 1 + i
-    # back to the batch's layout: ids position t is suffix index t - start, i.e. lp column t - start - lead - 1
-    k = torch.arange(width, device=dev).unsqueeze(0) - start.unsqueeze(1) - lead - 1
-    known = (k >= 0) & (k < (rest - lead - 1).unsqueeze(1))
-    at = k.clamp(0, lp.size(1) - 1)
-    zero = torch.zeros((), device=dev)
-    return (torch.where(known, lp.gather(1, at), zero),
-            torch.where(known[::ENTROPY_EVERY], ent.gather(1, at[::ENTROPY_EVERY]), zero))
+    # token t of row i is predicted at suffix index t - 1 - start_i (>= 0: a suffix holds a prompt token)
+    lp, ent = _position_scores(model, {"input_ids": suffix, "past_key_values": cache, "position_ids": positions,
+                                       "attention_mask": torch.cat([pre_attn[row], valid.long()], 1)},
+                               rows, cols - 1 - start[rows], ids[rows, cols], temperature)
+    m = rows % ENTROPY_EVERY == 0
+    return (_scatter(ids.shape, rows, cols, lp),
+            _scatter(ids[::ENTROPY_EVERY].shape, rows[m] // ENTROPY_EVERY, cols[m], ent))
 
 
 def role_loss(model, samples: list[Sample], *, pad_id: int, clip_eps: float, kl_coef: float,
@@ -287,8 +371,9 @@ def role_loss(model, samples: list[Sample], *, pad_id: int, clip_eps: float, kl_
     """Loss of one micro-batch, normalised by the role's total completion tokens in the step."""
     device = next(model.parameters()).device
     ids, attn, mask = _batch(samples, pad_id, device)
+    first = torch.tensor([len(s.prompt_ids) for s in samples], device=device)
     logp, ent = (_shared_prefix_logprobs(model, samples, ids, attn, temperature) if share_prefix
-                 else _token_scores(model, ids, attn, temperature, first=min(len(s.prompt_ids) for s in samples)))
+                 else _token_scores(model, ids, attn, temperature, first=first))
     adv = torch.tensor([s.advantage for s in samples], device=device).unsqueeze(1)
     w = torch.tensor([s.nll_weight for s in samples], device=device).unsqueeze(1)
     # the first pass over a rollout stores its log-probs as the old ones (ratio 1 with a live gradient);
@@ -326,6 +411,14 @@ def role_loss(model, samples: list[Sample], *, pad_id: int, clip_eps: float, kl_
                   "gap_max": float(gap.max()) if gap.numel() else 0.0}
 
 
+def likelihood_loss(model, samples: list[Sample], pad_id: int, total_tokens: int) -> torch.Tensor:
+    """sum over the completion tokens of `samples` of -log p, divided by `total_tokens` (the tokens of every
+    micro-batch of the step): the warm start's cross-entropy, by the learner's own log-prob path."""
+    ids, attn, mask = _batch(samples, pad_id, next(model.parameters()).device)
+    logp = token_logprobs(model, ids, attn, first=[len(s.prompt_ids) for s in samples])
+    return -(logp * mask).sum() / max(total_tokens, 1)
+
+
 def reference_logprobs(model, samples: list[Sample], pad_id: int, disable_adapters,
                        temperature: float = 1.0) -> torch.Tensor:
     """Log-probs under the reference policy: the base model with every adapter disabled, in inference mode
@@ -333,5 +426,5 @@ def reference_logprobs(model, samples: list[Sample], pad_id: int, disable_adapte
     device = next(model.parameters()).device
     ids, attn, _ = _batch(samples, pad_id, device)
     with torch.inference_mode(), disable_adapters():
-        logp = token_logprobs(model, ids, attn, temperature, first=min(len(s.prompt_ids) for s in samples))
+        logp = token_logprobs(model, ids, attn, temperature, first=[len(s.prompt_ids) for s in samples])
     return logp.clone()

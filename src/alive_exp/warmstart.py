@@ -35,13 +35,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from alive_exp import domains, models
+from alive_exp.losses import Sample, likelihood_loss
 from alive_exp.roles import RoleTemplates, critique_body, parse_critique, scrub_reference
 from alive_exp.rollout import Generator
 
 log = logging.getLogger(__name__)
 
 KINDS = ("constructor", "solver", "reviewer", "reviewer_blind", "refiner")
-TRANSCRIPTS_VERSION = 4  # bump when the oracle's transcripts change: cached warm starts are then rebuilt
+TRANSCRIPTS_VERSION = 5  # bump when the oracle's transcripts or the loss change: cached warm starts are rebuilt
 
 
 def warmstart_options(cfg: DictConfig) -> dict:
@@ -126,33 +127,16 @@ class Transcripts:
         return self.t.render("refiner", task=task.prompt, solution=solution, critique=shown), good
 
 
-def _chunks(gen: Generator, pairs: list[tuple[str, str]], pad: int, chunk: int):
-    """Length-sorted micro-batches (little padding) of (ids, attention, labels); labels cover completions only."""
-    seqs = []
-    for prompt, completion in pairs:
-        p = gen.encode_prompt(prompt)
-        seqs.append((p + gen.encode_completion(completion), len(p)))
-    seqs.sort(key=lambda x: len(x[0]))
-    for i in range(0, len(seqs), chunk):
-        part = seqs[i:i + chunk]
-        width = max(len(x) for x, _ in part)
-        ids = torch.full((len(part), width), pad)
-        labels = torch.full((len(part), width), -100)
-        for j, (seq, st) in enumerate(part):
-            ids[j, : len(seq)] = torch.tensor(seq)
-            labels[j, st: len(seq)] = torch.tensor(seq[st:])
-        yield ids, (ids != pad).long(), labels
-
-
 def likelihood_step(model, gen: Generator, pairs: list[tuple[str, str]], pad: int, chunk: int = 16) -> float:
-    """Backward pass of the mean completion-token NLL over `pairs`; returns the loss."""
-    chunks = list(_chunks(gen, pairs, pad, chunk))
-    total = sum(int((lab[:, 1:] != -100).sum()) for _, _, lab in chunks)
+    """Backward pass of the mean completion-token NLL over `pairs`, in length-sorted micro-batches of `chunk`
+    (little padding), through the learner's own log-prob path (`losses.likelihood_loss`); returns the loss."""
+    samples = [Sample("warmstart", p, gen.encode_completion(c), nll_weight=1.0)
+               for p, c in ((gen.encode_prompt(p), c) for p, c in pairs)]
+    samples.sort(key=lambda s: len(s.prompt_ids) + len(s.completion_ids))
+    total = sum(len(s.completion_ids) for s in samples)
     loss_sum = 0.0
-    for ids, attn, labels in chunks:
-        logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1]
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels[:, 1:].reshape(-1),
-                                                 ignore_index=-100, reduction="sum") / total
+    for i in range(0, len(samples), chunk):
+        loss = likelihood_loss(model, samples[i:i + chunk], pad, total)
         loss.backward()
         loss_sum += float(loss.detach())
     return loss_sum

@@ -6,6 +6,7 @@ maps its name to it. The ALIVE step never branches on the domain's name.
 
 from __future__ import annotations
 
+import hashlib
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -54,6 +55,22 @@ class Critique:
     text: str
     verdict: bool | None
     error: str | None = None
+
+
+HELDOUT_BUCKETS = range(0, 10)  # 10% of problems: every held-out and generalization suite
+VALIDATION_BUCKETS = range(10, 15)  # 5%: what learning rates and sweeps are chosen on
+
+
+def hash_bucket(key: str) -> int:
+    """A fixed bucket 0-99 per problem (sha1 of its text): held-out and validation splits never move with the
+    seed, and no seed's training pool holds one of their problems."""
+    return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) % 100
+
+
+def split_of(key: str) -> str:
+    """train | heldout | validation, by `hash_bucket`."""
+    k = hash_bucket(key)
+    return "heldout" if k in HELDOUT_BUCKETS else "validation" if k in VALIDATION_BUCKETS else "train"
 
 
 def checked_sources(domain: str, sources, known) -> tuple[str, ...]:
@@ -211,8 +228,12 @@ class Domain(ABC):
         return {f"{self.name}_heldout": self.heldout_tasks}
 
     def heldout_tasks(self, size: int, seed: int) -> list[Task]:
+        return self.answer_tasks(self.documents("test", size, seed))
+
+    def answer_tasks(self, docs: list[Document]) -> list[Task]:
+        """One task per document: its last candidate span (the answer) hidden."""
         tasks = []
-        for doc in self.documents("test", size, seed):
+        for doc in docs:
             cands = self.candidate_spans(doc)
             if cands:
                 s, e = cands[-1]

@@ -15,11 +15,12 @@ error, and quotes only numbers the solution itself wrote.
 
 from __future__ import annotations
 
-import hashlib
 import random
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from alive_exp.domains.base import HELDOUT_BUCKETS, VALIDATION_BUCKETS, hash_bucket
 
 QUESTION = re.compile(r"^Question: (\d+) ([+-]) (\d+)$")
 LINE = re.compile(r"^\s*(\d+(?:\s*[+-]\s*\d+)*)\s*=\s*(-?\d+)(?:\s+([cb])1)?\s*$")
@@ -78,11 +79,7 @@ def document_text(a: int, op: str, b: int) -> str:
 
 def bucket(a: int, op: str, b: int) -> int:
     """A fixed hash bucket 0-99 per problem: the held-out and validation splits never move with the seed."""
-    return int(hashlib.sha1(f"{a}{op}{b}".encode()).hexdigest()[:8], 16) % 100
-
-
-HELDOUT_BUCKETS = range(0, 10)  # 10% of problems: every held-out and generalization suite
-VALIDATION_BUCKETS = range(10, 15)  # 5%: what learning rates and sweeps are chosen on
+    return hash_bucket(f"{a}{op}{b}")
 
 
 def problems(rng: random.Random, n: int, op: str, digits: tuple[int, int], split: str,

@@ -23,10 +23,12 @@ from typing import Any
 
 from alive_exp.domains import columns as col
 from alive_exp.domains import hub
-from alive_exp.domains.base import MASK, Critique, Document, Domain, Task, checked_sources, merged_options, verdict_line
+from alive_exp.domains.base import (HELDOUT_BUCKETS, MASK, VALIDATION_BUCKETS, Critique, Document, Domain, Task,
+                                    checked_sources, merged_options, split_of, verdict_line)
 
 log = logging.getLogger(__name__)
 
+RG_SOURCES = {"basic_arithmetic", "gsm_symbolic"}  # reasoning-gym's, split by a hash of the question
 HELDOUT_SEED = 1_000_000_007  # reasoning-gym seeds item i with seed + i: far from every training pool
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 _CARRY = re.compile(r"(?<= [cb])1$", re.M)  # a column's carry (c1) or borrow (b1) mark
@@ -39,6 +41,11 @@ _OPS: dict[type, Callable[[Any, Any], Any]] = {
 }
 _SYMBOL = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
 _APPLY = {"+": operator.add, "-": operator.sub, "*": operator.mul, "×": operator.mul, "x": operator.mul}
+
+
+def _shares(size: int, k: int) -> list[int]:
+    """`size` split over k sources as evenly as possible."""
+    return [size // k + (i < size % k) for i in range(k)]
 
 
 def _fmt(x: float | int) -> str:
@@ -116,7 +123,6 @@ class MathDomain(Domain):
         self,
         sources: tuple[str, ...] | list[str] = ("basic_arithmetic",),
         source_options: dict[str, dict] | None = None,
-        train_pool: int = 20000,
         hub_benchmarks: tuple[str, ...] | list[str] = (),
         hide: str = "any",
         **options: Any,
@@ -128,7 +134,6 @@ class MathDomain(Domain):
         self.sources = checked_sources("math", sources, self.SOURCE_DEFAULTS)
         self.source_options = merged_options(self.SOURCE_DEFAULTS, source_options)
         self.columns = self._column_options()
-        self.train_pool = train_pool
         self.hub_benchmarks = tuple(hub_benchmarks)
 
     def _column_options(self) -> dict[str, Any]:
@@ -195,25 +200,32 @@ class MathDomain(Domain):
     def documents(self, split: str, size: int, seed: int) -> list[Document]:
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-        per_source = [size // len(self.sources) + (i < size % len(self.sources)) for i in range(len(self.sources))]
         docs: list[Document] = []
-        for source, n in zip(self.sources, per_source):
+        for source, n in zip(self.sources, _shares(size, len(self.sources))):
             if source == "column_arithmetic":  # a hash split: held-out problems are the same for every seed
                 docs += self._columns(n, seed if split == "train" else 0, "train" if split == "train" else "heldout")
             elif source == "hub_corpus":
                 docs += hub.corpus_documents(self.source_options["hub_corpus"], set(self.SOURCE_DEFAULTS["hub_corpus"]),
                                              n, seed, split, self)
-            elif split == "train":
-                docs += self._generate(source, n, seed)
             else:
-                # one fixed benchmark for every seed (seeds change training, not the test), less any problem
-                # that occurs in this seed's training pool
-                seen = {d.text.splitlines()[0] for d in self._generate(source, self.train_pool, seed)}
-                fresh = [d for d in self._generate(source, 4 * n + 100, HELDOUT_SEED) if d.text.splitlines()[0] not in seen]
-                if len(fresh) < n:
-                    log.warning("math/%s: only %d held-out problems are disjoint from training", source, len(fresh))
-                docs += fresh[:n]
+                docs += self._drawn(source, n, seed, "train" if split == "train" else "heldout")
         return docs
+
+    def _drawn(self, source: str, n: int, seed: int, split: str) -> list[Document]:
+        """n reasoning-gym problems of one hash split (`base.split_of` on the question line): training pools
+        from the run's seed, held-out and validation problems from one fixed stream, so every seed tests on
+        the same problems and none of them is in any seed's training pool."""
+        share = {"heldout": len(HELDOUT_BUCKETS), "validation": len(VALIDATION_BUCKETS)}.get(split, 100 - len(
+            HELDOUT_BUCKETS) - len(VALIDATION_BUCKETS)) / 100
+        stream = seed if split == "train" else HELDOUT_SEED
+        size = int(n / share * 1.2) + 20
+        for _ in range(6):
+            kept = [d for d in self._generate(source, size, stream) if split_of(d.text.splitlines()[0]) == split]
+            if len(kept) >= n:
+                return kept[:n]
+            size *= 2
+        log.warning("math/%s: only %d %s problems in %d drawn", source, len(kept), split, size // 2)
+        return kept
 
     # -- constructor ----------------------------------------------------------------------------
     def candidate_spans(self, doc: Document) -> list[tuple[int, int]]:
@@ -399,6 +411,10 @@ class MathDomain(Domain):
                     if op not in trained:
                         suites[f"math_{name}{tag}"] = (lambda size, seed, _op=op, _s=split:
                                                        self._column_suite(size, _s, [_op], (lo, hi)))
+        elif set(self.sources) <= RG_SOURCES:  # validation problems from their own hash buckets
+            suites["math_validation"] = lambda size, seed: self.answer_tasks(
+                [d for source, n in zip(self.sources, _shares(size, len(self.sources)))
+                 for d in self._drawn(source, n, 0, "validation")])
         for name in self.hub_benchmarks:
             suites[name] = lambda size, seed, _n=name: hub.math_benchmark(_n, size, seed, self)
         return suites
