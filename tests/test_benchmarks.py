@@ -1,4 +1,4 @@
-"""The TRL-vs-alive-exp benchmark runs end to end at smoke size and prints its ratios."""
+"""The benchmarks run end to end at smoke size and print the figures they exist for."""
 
 from __future__ import annotations
 
@@ -11,11 +11,10 @@ import pytest
 
 from conftest import REPO
 
-pytest.importorskip("trl")
-
 
 @pytest.mark.slow
 def test_trl_benchmark_prints_ratios_from_measured_runs(tmp_path):
+    pytest.importorskip("trl")
     out = tmp_path / "bench.json"
     proc = subprocess.run(
         [sys.executable, "benchmarks/trl_vs_alive.py", "--smoke", "--tasks", "2", "--n", "2", "--max-new", "8",
@@ -54,11 +53,31 @@ def test_step_benchmark_runs_both_commits_phase_by_phase(tmp_path):
     assert "new / old" in proc.stdout
 
 
-def test_logprob_memory_benchmark_measures_both_variants(tmp_path):
+def test_logprob_memory_benchmark_measures_every_variant(tmp_path):
     out = tmp_path / "mem.json"
-    proc = subprocess.run([sys.executable, "benchmarks/logprob_memory.py", "--reps", "1", "--batch", "1", "--prompt", "96",
+    proc = subprocess.run([sys.executable, "benchmarks/logprob_memory.py", "--reps", "1", "--batch", "2", "--prompt", "96",
                            "--completion", "8", "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     figures = json.loads(out.read_text())
-    assert figures["max_logprob_diff"] < 1e-4 and set(figures["summary"]) == {"full", "ours"}
+    assert figures["max_logprob_diff"] < 1e-4 and set(figures["summary"]) == {"full", "window", "ours"}
     assert figures["summary"]["ours"]["pass_mb"] < figures["summary"]["full"]["pass_mb"]
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_writes_each_measurement_as_it_completes(tmp_path):
+    """`gpu_check.py --tiny` on CPU: each measurement in its own process writes its JSON; the rollout
+    comparison times both paths on the same prompts and prints their ratio."""
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--tiny", "--steps", "1", "--only", "steps_dynamic",
+                           "rollout_vs_peft", "--root", str(tmp_path / "root"), "--json", str(tmp_path / "all.json")],
+                          cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1", "OUT": str(out)}, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "ours / plain PEFT generate" in proc.stdout
+    steps = json.loads((out / "gpu_check" / "steps_dynamic.json").read_text())
+    assert steps["complete"] and len(steps["steps"]) == 1 and steps["steps"][0]["rollout_tokens"] > 0
+    assert steps["static_cache"] is False
+    rollout = json.loads((out / "gpu_check" / "rollout_vs_peft.json").read_text())
+    assert rollout["complete"] and all(rollout["calls"][k] for k in ("ours", "peft"))
+    assert rollout["ratio_ours_over_peft"] > 0
+    assert json.loads((tmp_path / "all.json").read_text())["status"] == {"steps_dynamic": "ok", "rollout_vs_peft": "ok"}

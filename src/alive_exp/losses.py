@@ -150,7 +150,7 @@ def _body_and_head(model):
 
 
 ENTROPY_EVERY = 4  # rows of a micro-batch whose entropy is measured: 1 in 4
-CHUNK_BYTES = 256 * 2 ** 20  # fp32 logits of one chunk of scored positions (a 152k vocabulary: ~440 positions)
+CHUNK_BYTES = 64 * 2 ** 20  # fp32 logits of one chunk of scored positions (a 152k vocabulary: 110 positions)
 
 
 def _chunk_rows(vocab: int) -> int:
