@@ -22,6 +22,9 @@ CONDITIONAL = {
     "model.pretrained": "model.source=hub",
     **{f"oracle.{k}": "oracle.kind=hf or http" for k in
        ("api_key_env", "base_url", "max_new_tokens", "max_retries", "model", "temperature", "timeout_s")},
+    **{f"rollout.vllm.{k}": "rollout=vllm" for k in
+       ("url", "python", "max_lora_rank", "max_model_len", "concurrency", "startup_timeout_s", "request_timeout_s",
+        "extra_args", "env")},
     "task_name": "the run folder's name (hydra.run.dir interpolates it)",
     "reward.distill_coef": "a step with a verbal distillation target (a revision the reference confirms)",
     "reward.fcp_coef": "a step with a distillation target",

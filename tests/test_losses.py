@@ -394,3 +394,25 @@ def test_the_warm_starts_likelihood_is_the_cross_entropy_of_the_completions(lm):
     total = int(mask.sum()) + 5  # the step's tokens: more than this micro-batch's
     got = likelihood_loss(lm, samples[:4], PAD, total) + likelihood_loss(lm, samples[4:], PAD, total)
     assert float(got) == pytest.approx(float(want) / total, rel=1e-5)
+
+
+def test_truncated_importance_sampling_weights_each_token_by_the_capped_ratio():
+    """With `tis_cap`, a policy-gradient token the engine sampled with log-prob q (the learner's first pass:
+    p) weighs min(exp(p - q), cap): here exp(log 2) = 2 -> 2, exp(-log 2) = 0.5, exp(log 10) = 10 -> cap 3."""
+    model = Bigram(seed=5)
+    logp = torch.log_softmax(model.table.detach(), -1)
+    s = Sample("solver", [1, 2], [3, 4, 5], advantage=0.7)
+    p = [float(logp[2, 3]), float(logp[3, 4]), float(logp[4, 5])]
+    s.sampler_logps = [p[0] - math.log(2), p[1] + math.log(2), p[2] - math.log(10)]
+    loss, _ = role_loss(model, [s], pad_id=PAD, clip_eps=0.2, kl_coef=0.0, total_tokens=3, tis_cap=3.0)
+    loss.backward()
+    got = model.table.grad.clone()
+    model.zero_grad()
+    lp = torch.log_softmax(model.table, -1)
+    (-(0.7 * (2.0 * lp[2, 3] + 0.5 * lp[3, 4] + 3.0 * lp[4, 5])) / 3).backward()
+    torch.testing.assert_close(got, model.table.grad)
+    model.zero_grad()
+    s.old_logps = None  # without the cap the same sample trains with weight 1 everywhere
+    plain, _ = role_loss(model, [s], pad_id=PAD, clip_eps=0.2, kl_coef=0.0, total_tokens=3)
+    plain.backward()
+    assert not torch.allclose(model.table.grad, got)

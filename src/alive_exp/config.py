@@ -30,6 +30,7 @@ Adapters = _choices("Adapters", "per_role shared")
 Schedule = _choices("Schedule", "constant cosine linear")
 Constructor = _choices("Constructor", "learned rule")
 OracleKind = _choices("OracleKind", "rule hf http")
+RolloutEngine = _choices("RolloutEngine", "hf vllm")
 
 
 @dataclass
@@ -237,6 +238,31 @@ class WarmstartConfig:
         "constructor": 0.1, "solver": 0.5, "reviewer": 0.2, "reviewer_blind": 0.1, "refiner": 0.1})
 
 
+
+
+@dataclass
+class VLLMConfig:
+    url: Optional[str] = None  # attach to a running server; null: the run starts one and stops it at its end
+    python: str = ".venv-vllm/bin/python"  # vLLM's own environment (scripts/setup_vllm.sh)
+    max_lora_rank: int = 16
+    max_model_len: Optional[int] = None  # null: the model's max_position_embeddings
+    concurrency: int = 64  # requests in flight (the server batches them)
+    startup_timeout_s: float = 600.0
+    request_timeout_s: float = 600.0
+    extra_args: list[str] = field(default_factory=list)  # more `vllm serve` flags, e.g. [--tensor-parallel-size, "2"]
+    env: dict[str, str] = field(default_factory=dict)  # the server's extra environment, e.g. CUDA_VISIBLE_DEVICES
+
+
+@dataclass
+class RolloutConfig:
+    engine: RolloutEngine = RolloutEngine.hf
+    # the run stops when the mean |learner - sampler| log-prob per token exceeds it (null: logged only)
+    max_logprob_gap: Optional[float] = None
+    # truncated importance sampling: policy-gradient tokens weighted by min(p_learner / p_engine, tis_cap)
+    tis_cap: Optional[float] = None
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)
+
+
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -249,6 +275,7 @@ class Config:
     oracle: OracleConfig = field(default_factory=OracleConfig)
     roles: RolesConfig = field(default_factory=RolesConfig)
     warmstart: WarmstartConfig = field(default_factory=WarmstartConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
     seed: int = 0
     task_name: str = "train"
     resume: Optional[str] = None  # a checkpoint path, or "auto" for <output_dir>/checkpoints/last.ckpt

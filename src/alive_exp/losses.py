@@ -367,8 +367,13 @@ def _shared_prefix_logprobs(model, samples: list[Sample], ids: torch.Tensor, att
 
 def role_loss(model, samples: list[Sample], *, pad_id: int, clip_eps: float, kl_coef: float,
               total_tokens: int, reference_logps: torch.Tensor | None = None,
-              temperature: float = 1.0, share_prefix: bool = False) -> tuple[torch.Tensor, dict]:
-    """Loss of one micro-batch, normalised by the role's total completion tokens in the step."""
+              temperature: float = 1.0, share_prefix: bool = False,
+              tis_cap: float | None = None) -> tuple[torch.Tensor, dict]:
+    """Loss of one micro-batch, normalised by the role's total completion tokens in the step.
+
+    With `tis_cap` (truncated importance sampling, for an engine whose sampling distribution drifts from the
+    learner's, e.g. a bf16 server), each policy-gradient token is weighted by min(p_learner / p_engine, cap),
+    the learner's probability being that of its first pass over the rollout (held fixed)."""
     device = next(model.parameters()).device
     ids, attn, mask = _batch(samples, pad_id, device)
     first = torch.tensor([len(s.prompt_ids) for s in samples], device=device)
@@ -379,18 +384,25 @@ def role_loss(model, samples: list[Sample], *, pad_id: int, clip_eps: float, kl_
     # the first pass over a rollout stores its log-probs as the old ones (ratio 1 with a live gradient);
     # later PPO epochs score the same tokens against them, where the clip binds
     old = torch.zeros_like(logp)
+    tis = torch.ones_like(logp) if tis_cap is not None else None
     gaps: list[torch.Tensor] = []
     for i, s in enumerate(samples):
         start, end = len(s.prompt_ids), len(s.prompt_ids) + len(s.completion_ids)
+        engine = s.sampler_logps is not None and len(s.sampler_logps) == end - start
         if s.old_logps is None:
             s.old_logps = logp[i, start:end].detach().clone()
-            if s.sampler_logps is not None and len(s.sampler_logps) == end - start:
+            if engine:
                 gaps.append((s.old_logps.cpu() - torch.tensor(s.sampler_logps)).abs())
         old[i, start:end] = s.old_logps.to(device)
+        if tis is not None and engine:
+            sampled = torch.tensor(s.sampler_logps, device=device, dtype=logp.dtype)
+            tis[i, start:end] = torch.exp(s.old_logps.to(device) - sampled).clamp(max=tis_cap)
     old = torch.where(mask > 0, old, logp.detach())
     ratio = torch.exp(logp - old)
     clipped_term = torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps) * adv
     pg = -torch.min(ratio * adv, clipped_term)
+    if tis is not None:
+        pg = pg * tis
     clipped = ((clipped_term < ratio * adv) & (mask > 0)).float()  # the clip took the gradient away
     per_token = pg - w * logp
     kl = torch.zeros((), device=device)

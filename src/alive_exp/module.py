@@ -175,10 +175,28 @@ class AliveModule(pl.LightningModule):
         self.alive_step += 1
         if self.evaluator is not None and self.cfg.trainer.eval_every and self.alive_step % self.cfg.trainer.eval_every == 0:
             metrics.update(self.evaluator(self))
+        sync = self.generator.merged
+        if sync is not None and hasattr(sync, "sync_s"):  # rollout=vllm: adapters saved and reloaded on the server
+            metrics["rollout/sync_s"], metrics["rollout/syncs"] = sync.sync_s, float(sync.syncs)
+            sync.sync_s, sync.syncs = 0.0, 0
         self.record(metrics, proposals, attempts)
+        self.check_on_policy(metrics)
         self.log("reward", metrics["train/reward_mean"], prog_bar=True, logger=False)
         self.log("acc", metrics["solver/accuracy"], prog_bar=True, logger=False)
         return None
+
+    def check_on_policy(self, metrics: dict[str, float]) -> None:
+        """Stop the run (after its metrics are logged) when the sampler's log-probs and the learner's differ by
+        more than `rollout.max_logprob_gap` per token on average: the policy gradient would score samples from
+        another distribution than the one it trains."""
+        tol = self.cfg.rollout.max_logprob_gap
+        gap = metrics.get("rollout/logprob_gap_mean", 0.0)
+        if tol is not None and metrics.get("rollout/logprob_gap_tokens", 0.0) > 0 and gap > tol:
+            raise RuntimeError(
+                f"off-policy at step {int(metrics.get('train/step', self.alive_step))}: the mean |learner - sampler| log-prob per token is {gap:.3g} "
+                f"(max {metrics['rollout/logprob_gap_max']:.3g}), above rollout.max_logprob_gap={tol} "
+                f"(rollout={self.cfg.rollout.engine}). The engine samples from another distribution than the learner "
+                "scores: check its dtype and sampling settings, or raise the tolerance knowingly.")
 
     def learn(self, samples: dict[str, list[Sample]]) -> dict[str, dict[str, float]]:
         """`reward.ppo_epochs` passes over the step's samples, each one optimizer step per group (in a shared
@@ -247,7 +265,8 @@ class AliveModule(pl.LightningModule):
                 ref = reference_logprobs(self.model, chunk, self.tokenizer.pad_token_id, self.disable_adapters, temp)
             loss, info = role_loss(self.model, chunk, pad_id=self.tokenizer.pad_token_id,
                                    clip_eps=self.cfg.reward.clip_eps, kl_coef=self.cfg.reward.kl_coef,
-                                   total_tokens=total, reference_logps=ref, temperature=temp, share_prefix=share)
+                                   total_tokens=total, reference_logps=ref, temperature=temp, share_prefix=share,
+                                   tis_cap=self.cfg.rollout.tis_cap)
             self.manual_backward(weight * loss)
             frac = len(chunk) / len(batch)
             st["loss"] += float(loss.detach())

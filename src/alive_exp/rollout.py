@@ -108,6 +108,9 @@ class Generator:
         self.eos_ids = self._eos_ids()
         self._prompt_ids: dict[str, list[int]] = {}  # prompts seen this step: encoded once, reused by the learner
 
+    def close(self) -> None:
+        """Release what the engine holds (a served engine stops its server; in-process generation: nothing)."""
+
     @property
     def use_chat(self) -> bool:
         return self.chat_prompts and bool(getattr(self.tokenizer, "chat_template", None))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -110,6 +111,10 @@ def build(cfg: DictConfig, evaluate: bool = True) -> AliveModule:
     if cfg.trainer.generation.top_p < 1.0:
         raise ValueError(f"trainer.generation.top_p={cfg.trainer.generation.top_p}: nucleus sampling draws from a "
                          "distribution the policy-gradient loss does not score (it would be off-policy); use top_p=1.0")
+    if cfg.rollout.engine == "vllm":
+        from alive_exp.vllm_rollout import check_config
+
+        check_config(cfg)
     if not cfg.trainer.reviews and mode_cls is not None and mode_cls.needs_reviews:
         raise ValueError(f"trainer.reviews=false runs no review phase, but reward={cfg.reward.mode} reads the "
                          "reviewer's verdicts or critiques; use reward=scalar or reward=sft, or trainer.reviews=true")
@@ -122,8 +127,9 @@ def build(cfg: DictConfig, evaluate: bool = True) -> AliveModule:
 
         warm = build_warmstart(cfg, cfg.trainer.progress_bar)
         model_cfg = OmegaConf.merge(cfg.model, {"init_from": str(warm)})
-    base, tokenizer, _ = models.load_base(model_cfg, cfg.paths.data_dir, corpus_domains)
-    merge = cfg.trainer.generation.merge_adapters and models.adapter_names(cfg.model)
+    base, tokenizer, base_path = models.load_base(model_cfg, cfg.paths.data_dir, corpus_domains)
+    vllm = cfg.rollout.engine == "vllm"
+    merge = cfg.trainer.generation.merge_adapters and models.adapter_names(cfg.model) and not vllm
     plain = copy.deepcopy(base) if merge else None
     # adapters start from the run seed whether or not this run had to build the base model first
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -133,9 +139,15 @@ def build(cfg: DictConfig, evaluate: bool = True) -> AliveModule:
     model.train()
     templates = RoleTemplates(**OmegaConf.to_container(cfg.roles, resolve=True))
     mode = rewards.build(cfg.reward.mode, templates)
-    generator = Generator(model, tokenizer, batch_size=cfg.trainer.generation.batch_size,
-                          static_cache=cfg.hardware.static_cache, chat=cfg.model.chat,
-                          merged=models.MergedView(model, plain) if merge else None)
+    if vllm:  # a served base model with every role's adapter, synced after each optimizer step
+        from alive_exp import vllm_rollout
+
+        generator = vllm_rollout.build_generator(cfg, model, tokenizer, base_path, models.adapter_names(cfg.model),
+                                                 output_dir(cfg))
+    else:
+        generator = Generator(model, tokenizer, batch_size=cfg.trainer.generation.batch_size,
+                              static_cache=cfg.hardware.static_cache, chat=cfg.model.chat,
+                              merged=models.MergedView(model, plain) if merge else None)
     world = int(os.environ.get("WORLD_SIZE", 1))
     rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0)))
     corpus = Corpus(domain, cfg.benchmark.train_docs, cfg.seed, cfg.trainer.docs_per_step, rank=rank, world=world)
@@ -189,7 +201,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         enable_model_summary=False, enable_progress_bar=cfg.trainer.progress_bar, num_sanity_val_steps=0,
         log_every_n_steps=1, default_root_dir=str(out),
     )
-    with distributed.own_process_group(), tracking.sweep_child(cfg.logger.tracking_uri, parent, sweep_dir,
+    with contextlib.closing(module.generator), distributed.own_process_group(), tracking.sweep_child(cfg.logger.tracking_uri, parent, sweep_dir,
                                                                lambda: module.mlflow_run_id):
         before: dict[str, float] = {}
         if cfg.trainer.eval_at_start and module.evaluator is not None and not ckpt:
