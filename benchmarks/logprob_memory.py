@@ -10,8 +10,8 @@ another), alternating:
 - `full`: what 99f8d45 did: logits at every position, an fp32 log-softmax over the whole vocabulary, gather;
 - `window`: what b674724 did: logits from the batch's first completion position on (`logits_to_keep`, so
   the longer prompts' tails and the padding are projected too), target logit minus logsumexp;
-- `ours`: `alive_exp.losses.token_logprobs` as the learner calls it: the vocabulary projection only at each
-  row's own completion positions, in chunks (`losses.CHUNK_BYTES` of logits) recomputed for the backward.
+- `ours`: `alive_exp.logprobs.token_logprobs` as the learner calls it: the vocabulary projection only at each
+  row's own completion positions, in chunks (`logprobs.CHUNK_BYTES` of logits) recomputed for the backward.
 
 The model is a random Qwen2 with Qwen2.5's vocabulary (151936) and a small body (hidden 64, 2 layers), so the
 vocabulary projection dominates as it does for real models. Printed: the median peak MB per variant with its
@@ -38,7 +38,7 @@ def child(variant: str, batch: int, prompt: int, completion: int) -> None:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from alive_exp.losses import token_logprobs
+    from alive_exp.logprobs import token_logprobs
 
     torch.manual_seed(0)
     torch.set_num_threads(2)

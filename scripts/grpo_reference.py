@@ -44,7 +44,8 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from alive_exp import domains
-    from alive_exp.losses import Sample, _batch, token_logprobs
+    from alive_exp.logprobs import _batch, token_logprobs
+    from alive_exp.losses import Sample
     from alive_exp.roles import RoleTemplates
     from alive_exp.rollout import Generator
     from alive_exp.warmstart import build_warmstart, trained_options

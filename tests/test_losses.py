@@ -18,7 +18,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from alive_exp.losses import Sample, _batch, group_advantages, role_loss, token_logprobs
+from alive_exp.logprobs import _batch, token_logprobs
+from alive_exp.losses import Sample, group_advantages, role_loss
 
 VOCAB, PAD = 7, 0
 
@@ -259,7 +260,7 @@ def _role_grads(lm, samples, share: bool):
 
 
 def test_shared_prefix_pass_gives_the_plain_logprobs_and_gradient(lm):
-    from alive_exp.losses import prefix_groups, shared_prefix_logprobs
+    from alive_exp.logprobs import prefix_groups, shared_prefix_logprobs
 
     samples = _grouped(6, 12)
     ids, attn, mask = _batch(samples, PAD, torch.device("cpu"))
@@ -314,7 +315,7 @@ def test_a_second_ppo_epoch_scores_against_the_stored_log_probs_and_the_clip_bin
 
 
 def test_the_entropy_metric_is_the_full_distributions_on_the_sampled_rows(lm):
-    from alive_exp.losses import ENTROPY_EVERY
+    from alive_exp.logprobs import ENTROPY_EVERY
 
     samples = _samples(9)
     ids, attn, mask = _batch(samples, PAD, torch.device("cpu"))
@@ -338,7 +339,7 @@ def test_chunked_per_row_logprobs_equal_the_full_computation(lm, monkeypatch):
     the backward pass; log-probs, gradient and entropies equal the full log-softmax over every position."""
     from peft import LoraConfig, get_peft_model
 
-    import alive_exp.losses as L
+    import alive_exp.logprobs as L
 
     torch.manual_seed(3)
     peft = get_peft_model(copy.deepcopy(lm), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from alive_exp.losses import token_logprobs
+from alive_exp.logprobs import token_logprobs
 from alive_exp.rollout import Generator
 
 QWEN_TEMPLATE = (

@@ -14,7 +14,6 @@ import logging
 import math
 import random
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -25,60 +24,14 @@ import torch
 from alive_exp import metrics as M
 from alive_exp.alive import AliveStep
 from alive_exp.distributed import sync_gradients
-from alive_exp.losses import Sample, contributing, prefix_groups, reference_logprobs, role_loss
+from alive_exp.logprobs import prefix_groups
+from alive_exp.losses import Sample, contributing, reference_logprobs, role_loss
 from alive_exp.models import adapter_parameters, role_adapter
 from alive_exp.roles import ROLES
+from alive_exp.timing import PhaseTimer
 from alive_exp.tracking import STEP_DRAIN_S
 
 log = logging.getLogger(__name__)
-
-
-class PhaseTimer:
-    """Named wall-clock timers, one per phase, read and reset every step.
-
-    With `profile_to` set (a folder), each outermost phase also runs under the torch profiler and writes a
-    table of its top operations (`step<k>_<phase>.txt`); nested timers (`update/<role>`) only time."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = defaultdict(float)
-        self.profile_to: Path | None = None
-        self.step = 0
-        self._depth = 0
-
-    @contextlib.contextmanager
-    def __call__(self, phase: str):
-        profiler = self._profiler() if self.profile_to is not None and self._depth == 0 else None
-        self._depth += 1
-        start = time.perf_counter()
-        try:
-            if profiler is None:
-                yield
-            else:
-                with profiler:
-                    yield
-        finally:
-            self.seconds[phase] += time.perf_counter() - start
-            self._depth -= 1
-            if profiler is not None:
-                self._write(profiler, phase)
-
-    @staticmethod
-    def _profiler():
-        acts = [torch.profiler.ProfilerActivity.CPU]
-        if torch.cuda.is_available():
-            acts.append(torch.profiler.ProfilerActivity.CUDA)
-        return torch.profiler.profile(activities=acts)
-
-    def _write(self, profiler, phase: str) -> None:
-        sort = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
-        table = profiler.key_averages().table(sort_by=sort, row_limit=25)
-        self.profile_to.mkdir(parents=True, exist_ok=True)
-        (self.profile_to / f"step{self.step}_{phase.replace('/', '_')}.txt").write_text(
-            f"{phase} at ALIVE step {self.step}: {self.seconds[phase]:.3f} s wall\n{table}")
-
-    def pop(self) -> dict[str, float]:
-        out, self.seconds = dict(self.seconds), defaultdict(float)
-        return out
 
 
 def lr_factor(opt_cfg, step: int, max_steps: int) -> float:
