@@ -130,15 +130,15 @@ class PrintStep(pl.Callback):
     """One line per finished step (a slow run shows where it is), the figures so far written to `record`,
     and a stop when the deadline would not leave time for another step."""
 
-    def __init__(self, record=None, deadline: float | None = None) -> None:
-        self.record, self.deadline = record, deadline
+    def __init__(self, record=None, deadline: float | None = None, info: dict | None = None) -> None:
+        self.record, self.deadline, self.info = record, deadline, info
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         m = module.history[-1]
         print(f"step {len(module.history)}: " + " ".join(f"{k}={v:.2f}" for k, v in m.items()
                                                          if k.startswith(("time/", "tokens/"))), flush=True)
         if self.record is not None:
-            self.record(module.history, peak_gib(), complete=False)
+            self.record(module.history, peak_gib(), self.info, False)
         longest = max(h["time/step"] for h in module.history[1:] or module.history)
         if self.deadline is not None and time.perf_counter() + longest > self.deadline:
             print(f"deadline: stopping after {len(module.history)} steps", flush=True)
@@ -187,9 +187,7 @@ def run_steps(cfg: DictConfig, steps: int, record=None, deadline: float | None =
     """ALIVE steps through Lightning as a training run takes them, without tracking; (history, peak GiB, info)."""
     module, info = build_module(cfg)
     trainer = pl.Trainer(accelerator=cfg.hardware.accelerator, devices=1, precision=cfg.hardware.precision,
-                         logger=False, callbacks=[PrintStep(record and (lambda h, p, complete: record(h, p, info,
-                                                                                                        complete)),
-                                                            deadline)],
+                         logger=False, callbacks=[PrintStep(record, deadline, info)],
                          max_epochs=1, max_steps=-1, enable_checkpointing=False, enable_model_summary=False,
                          enable_progress_bar=False, num_sanity_val_steps=0)
     if torch.cuda.is_available():

@@ -46,7 +46,12 @@ def _base(model):
 def _cache_arg(module) -> str:
     """The forward's name for past keys and values: `cache` from transformers 5.2x (where `past_key_values`
     is deprecated), `past_key_values` before."""
-    return "cache" if "cache" in inspect.signature(type(module).forward).parameters else "past_key_values"
+    return _cache_name(type(module))
+
+
+@functools.cache
+def _cache_name(cls: type) -> str:
+    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
 
 
 def _body_and_head(model):
@@ -125,6 +130,20 @@ def _scatter(shape, rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor
     return out.index_put((rows, cols), values)
 
 
+def _laid_out(ids: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, lp: torch.Tensor,
+              ent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat scores back in the batch's layout: log-probs shaped as `ids`, entropies (of the positions of every
+    ENTROPY_EVERY-th row) as `ids[::ENTROPY_EVERY]`, zero where nothing was scored."""
+    m = rows % ENTROPY_EVERY == 0
+    return (_scatter(ids.shape, rows, cols, lp),
+            _scatter(ids[::ENTROPY_EVERY].shape, rows[m] // ENTROPY_EVERY, cols[m], ent))
+
+
+def _unscored(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_laid_out` of a batch with no completion token: nothing to score."""
+    return torch.zeros(ids.shape, device=ids.device), torch.zeros(ids[::ENTROPY_EVERY].shape, device=ids.device)
+
+
 def _named_cache(inputs: dict, module) -> dict:
     """`inputs` with its past keys and values (given as `past_key_values`) under the name `module` takes."""
     if "past_key_values" not in inputs or _cache_arg(module) == "past_key_values":
@@ -172,12 +191,10 @@ def _token_scores(model, ids: torch.Tensor, attn: torch.Tensor, temperature: flo
     shaped as `ids[::ENTROPY_EVERY]`."""
     rows, cols = _scored_positions(attn, first)
     if rows.numel() == 0:
-        return torch.zeros(ids.shape, device=ids.device), torch.zeros(ids[::ENTROPY_EVERY].shape, device=ids.device)
+        return _unscored(ids)
     lp, ent = _position_scores(model, {"input_ids": ids, "attention_mask": attn}, rows, cols - 1, ids[rows, cols],
                                temperature)
-    m = rows % ENTROPY_EVERY == 0
-    return (_scatter(ids.shape, rows, cols, lp),
-            _scatter(ids[::ENTROPY_EVERY].shape, rows[m] // ENTROPY_EVERY, cols[m], ent))
+    return _laid_out(ids, rows, cols, lp, ent)
 
 
 MIN_SHARED_PREFIX = 8  # fewer prompt tokens saved are not worth a second forward call
@@ -258,8 +275,8 @@ def _shared_prefix_logprobs(model, samples: list[Sample], ids: torch.Tensor, att
     start = torch.tensor(prefix, device=dev)[row]                 # each sample's first suffix position
     rest = attn.sum(1) - start                                      # its suffix length (prompt rest + completion)
     rows, cols = _scored_positions(attn, first)                     # completion tokens, in the batch's layout
-    if rows.numel() == 0:  # no completion token anywhere: nothing to score
-        return torch.zeros(ids.shape, device=dev), torch.zeros(ids[::ENTROPY_EVERY].shape, device=dev)
+    if rows.numel() == 0:
+        return _unscored(ids)
     j = torch.arange(int(rest.max()), device=dev).unsqueeze(0)
     valid = j < rest.unsqueeze(1)
     positions = start.unsqueeze(1) + j
@@ -274,6 +291,4 @@ def _shared_prefix_logprobs(model, samples: list[Sample], ids: torch.Tensor, att
     lp, ent = _position_scores(model, {"input_ids": suffix, "past_key_values": cache, "position_ids": positions,
                                        "attention_mask": torch.cat([pre_attn[row], valid.long()], 1)},
                                rows, cols - 1 - start[rows], ids[rows, cols], temperature)
-    m = rows % ENTROPY_EVERY == 0
-    return (_scatter(ids.shape, rows, cols, lp),
-            _scatter(ids[::ENTROPY_EVERY].shape, rows[m] // ENTROPY_EVERY, cols[m], ent))
+    return _laid_out(ids, rows, cols, lp, ent)

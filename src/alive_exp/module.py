@@ -128,10 +128,7 @@ class AliveModule(pl.LightningModule):
         self.alive_step += 1
         if self.evaluator is not None and self.cfg.trainer.eval_every and self.alive_step % self.cfg.trainer.eval_every == 0:
             metrics.update(self.evaluator(self))
-        sync = self.generator.merged
-        if sync is not None and hasattr(sync, "sync_s"):  # rollout=vllm: adapters saved and reloaded on the server
-            metrics["rollout/sync_s"], metrics["rollout/syncs"] = sync.sync_s, float(sync.syncs)
-            sync.sync_s, sync.syncs = 0.0, 0
+        metrics.update(self.generator.pop_metrics())  # rollout=vllm: adapters saved and reloaded on the server
         self.record(metrics, proposals, attempts)
         self.check_on_policy(metrics)
         self.log("reward", metrics["train/reward_mean"], prog_bar=True, logger=False)

@@ -111,6 +111,10 @@ class Generator:
     def close(self) -> None:
         """Release what the engine holds (a served engine stops its server; in-process generation: nothing)."""
 
+    def pop_metrics(self) -> dict[str, float]:
+        """The engine's own metrics since the last call (a served engine: its weight syncs); none here."""
+        return {}
+
     @property
     def use_chat(self) -> bool:
         return self.chat_prompts and bool(getattr(self.tokenizer, "chat_template", None))

@@ -258,25 +258,28 @@ class VLLMGenerator(Generator):
 
     def _completion(self, prompt: str, prompt_ids: list[int], choice: dict, sampled: bool) -> Completion:
         toks = list(choice.get("token_ids") or [])
-        logps = None
-        if sampled and choice.get("logprobs"):
-            logps = [float(x) for x in choice["logprobs"]["token_logprobs"]]
+        logps = [float(x) for x in choice["logprobs"]["token_logprobs"]] if sampled and choice.get("logprobs") else None
         cut = next((j for j, t in enumerate(toks) if t in self.eos_ids), None)
-        stopped = choice.get("finish_reason") == "stop"
-        if cut is None and stopped and isinstance(choice.get("stop_reason"), int):
-            toks.append(int(choice["stop_reason"]))  # vLLM leaves the stop token out: targets end in it
-            cut = len(toks) - 1
-            if logps is not None:
-                logps = None if len(logps) != len(toks) - 1 else logps + [None]
+        if cut is None and choice.get("finish_reason") == "stop" and isinstance(choice.get("stop_reason"), int):
+            toks.append(int(choice["stop_reason"]))  # vLLM left the stop token out: targets end in it,
+            cut, logps = len(toks) - 1, None         # but its log-prob is unknown: no gap check on this sample
         kept = toks[: cut + 1] if cut is not None else toks
         text = self.tokenizer.decode(kept, skip_special_tokens=True)
-        if logps is not None and (len(logps) < len(kept) or any(x is None for x in logps[:len(kept)])):
-            logps = None  # the stop token's own log-prob is missing: no gap check on this sample
+        if logps is not None and len(logps) < len(kept):
+            logps = None
         return Completion(prompt, text, prompt_ids, kept, truncated=cut is None,
                           sampler_logps=logps[:len(kept)] if logps is not None else None)
 
     def close(self) -> None:
         self.server.stop()
+
+    def pop_metrics(self) -> dict[str, float]:
+        sync = self.merged
+        if sync is None:
+            return {}
+        out = {"rollout/sync_s": sync.sync_s, "rollout/syncs": float(sync.syncs)}
+        sync.sync_s, sync.syncs = 0.0, 0
+        return out
 
 
 def check_config(cfg) -> None:

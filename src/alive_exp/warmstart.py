@@ -130,8 +130,7 @@ class Transcripts:
 def likelihood_step(model, gen: Generator, pairs: list[tuple[str, str]], pad: int, chunk: int = 16) -> float:
     """Backward pass of the mean completion-token NLL over `pairs`, in length-sorted micro-batches of `chunk`
     (little padding), through the learner's own log-prob path (`losses.likelihood_loss`); returns the loss."""
-    samples = [Sample("warmstart", p, gen.encode_completion(c), nll_weight=1.0)
-               for p, c in ((gen.encode_prompt(p), c) for p, c in pairs)]
+    samples = [Sample("warmstart", gen.encode_prompt(p), gen.encode_completion(c), nll_weight=1.0) for p, c in pairs]
     samples.sort(key=lambda s: len(s.prompt_ids) + len(s.completion_ids))
     total = sum(len(s.completion_ids) for s in samples)
     loss_sum = 0.0

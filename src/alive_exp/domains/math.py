@@ -215,8 +215,8 @@ class MathDomain(Domain):
         """n reasoning-gym problems of one hash split (`base.split_of` on the question line): training pools
         from the run's seed, held-out and validation problems from one fixed stream, so every seed tests on
         the same problems and none of them is in any seed's training pool."""
-        share = {"heldout": len(HELDOUT_BUCKETS), "validation": len(VALIDATION_BUCKETS)}.get(split, 100 - len(
-            HELDOUT_BUCKETS) - len(VALIDATION_BUCKETS)) / 100
+        held = {"heldout": len(HELDOUT_BUCKETS), "validation": len(VALIDATION_BUCKETS)}
+        share = held.get(split, 100 - sum(held.values())) / 100  # of the 100 hash buckets
         stream = seed if split == "train" else HELDOUT_SEED
         size = int(n / share * 1.2) + 20
         for _ in range(6):
