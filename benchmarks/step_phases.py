@@ -15,8 +15,12 @@ and the ratio new / old of the medians. The old commit's `update` timer also wra
 so the comparison is old `update` against new `samples + update`. Generation is compared per generated
 token as well, since the sides draw different completions after their first update.
 
-Adapter check (`--equal-steps`, default 5): both sides run that many steps with seed 0 and the final
-per-role adapters are compared tensor by tensor (max absolute difference).
+Adapter check (`--equal-steps`, default 5), on the same samples: this checkout runs that many steps with
+seed 0 and its plain update (`trainer.share_prompt_prefix=false trainer.fused_lora=false`), recording each
+step's samples and the adapters it starts from; the old commit and this checkout's default update then
+learn from exactly those samples (benchmarks/replay_update.py), and the final per-role adapters are compared
+tensor by tensor (max absolute difference). Comparing free runs would not do: since 99f8d45 the step draws
+other tasks, so two commits' rollouts part at the first step whatever their updates compute.
 """
 
 from __future__ import annotations
@@ -78,12 +82,14 @@ def warm_start(old: Path, data: Path, threads: int, steps: int | None = None) ->
     return found[0]
 
 
-def one_run(tree: Path, init: Path, steps: int, seed: int, threads: int, keep: Path | None = None,
-            extra: tuple[str, ...] = ()) -> dict:
-    """Run `steps` ALIVE steps with `tree`'s code; per-step metrics from its MLflow store."""
+def one_run(tree: Path, init: Path, steps: int, seed: int, threads: int, extra: tuple[str, ...] = (), replay: tuple[str, Path] | None = None) -> dict:
+    """Run `steps` ALIVE steps with `tree`'s code; per-step metrics from its MLflow store. `replay`: (mode,
+    file) to run it through benchmarks/replay_update.py (record the update's samples, or learn from them)."""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        proc = subprocess.run([PY, str(tree / "train.py"), *world(init, root, steps, seed, threads), *extra], cwd=root,
+        launch = [PY, str(tree / "train.py")] if replay is None else [
+            PY, str(REPO / "benchmarks" / "replay_update.py"), replay[0], str(replay[1]), str(tree / "train.py")]
+        proc = subprocess.run([*launch, *world(init, root, steps, seed, threads), *extra], cwd=root,
                               env=env_for(tree), capture_output=True, text=True)
         if proc.returncode != 0:
             raise SystemExit(f"{tree} failed:\n{proc.stderr[-3000:]}")
@@ -93,11 +99,6 @@ def one_run(tree: Path, init: Path, steps: int, seed: int, threads: int, keep: P
         (run,) = client.search_runs([client.get_experiment_by_name("alive").experiment_id])
         keys = [k for k in run.data.metrics if k.startswith(("time/", "tokens/"))]
         hist = {k: {m.step: m.value for m in client.get_metric_history(run.info.run_id, k)} for k in keys}
-        if keep is not None:
-            import shutil
-
-            (policy,) = [p for p in root.glob("**/policy") if p.is_dir()]
-            shutil.copytree(policy, keep, dirs_exist_ok=True)
     return hist
 
 
@@ -118,16 +119,22 @@ def summarise(hist: dict, new: bool) -> dict[str, float]:
     return out
 
 
-def adapters_equal(a: Path, b: Path) -> dict[str, float]:
-    """Max |a - b| over each role's adapter tensors (inf when their keys differ)."""
-    from safetensors.torch import load_file
+ROLES = ("constructor", "reviewer", "solver")
 
-    out = {}
-    for fa in sorted(a.glob("**/adapter_model.safetensors")):
-        ta, tb = load_file(str(fa)), load_file(str(b / fa.relative_to(a)))
-        diff = max(float((ta[k] - tb[k]).abs().max()) for k in ta) if ta.keys() == tb.keys() else float("inf")
-        out[str(fa.parent.relative_to(a)) or "."] = diff
-    return out
+
+def adapters_diff(a: dict, b: dict) -> dict[str, float]:
+    """Max |a - b| over each role's LoRA tensors (PEFT parameter names hold the adapter's name); inf when
+    the two name different tensors."""
+    if a.keys() != b.keys():
+        return {r: float("inf") for r in ROLES}
+    return {r: max((float((a[k] - b[k]).abs().max()) for k in a if f".{r}." in k), default=float("nan")) for r in ROLES}
+
+
+def loaded(path: Path) -> dict:
+    import pickle
+
+    with open(path, "rb") as fh:
+        return pickle.load(fh)
 
 
 def main() -> None:
@@ -144,6 +151,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.smoke:
         args.reps, args.steps, args.equal_steps = 1, 3, 2
+    args.data = args.data.resolve()  # the old commit's processes run in its worktree
     old = worktree(args.ref, args.data / f"worktree-{args.ref}")
     init = warm_start(old, args.data / ("smoke-data" if args.smoke else "data"), args.threads, 4 if args.smoke else None)
     sides = {"old": old, "new": REPO}
@@ -165,18 +173,28 @@ def main() -> None:
         figures[r] = {"old": o, "new": n, "ratio_of_medians": ratio}
         print(f"{r:<18}{mo:>10.3f} [{min(o):.3f}, {max(o):.3f}]{mn:>10.3f} [{min(n):.3f}, {max(n):.3f}]{ratio:>10.2f}x")
     if args.equal_steps:
+        # the updates compared on the same samples (benchmarks/replay_update.py): this checkout records its
+        # samples with its plain update (every prompt in full, PEFT's own LoRA layers); the old commit and this
+        # checkout's fast update (the defaults) then learn from them, from the recorded adapters
         with tempfile.TemporaryDirectory() as tmp:
-            a, b, c = Path(tmp) / "old", Path(tmp) / "new", Path(tmp) / "plain"
-            one_run(old, init, args.equal_steps, 0, args.threads, keep=a)
-            one_run(REPO, init, args.equal_steps, 0, args.threads, keep=b)
-            # this checkout's own plain update (every prompt run in full) against its shared-prefix one
-            one_run(REPO, init, args.equal_steps, 0, args.threads, keep=c, extra=("trainer.share_prompt_prefix=false",))
-            diff, own = adapters_equal(a, b), adapters_equal(c, b)
-        figures["adapter_max_abs_diff"], figures["adapter_max_abs_diff_plain_update"] = diff, own
-        print(f"\nadapters after {args.equal_steps} steps, seed 0, max |new - old| per role: "
-              + ", ".join(f"{k} {v:.2e}" for k, v in diff.items()))
-        print("  this checkout, shared-prefix update vs its plain update: "
-              + ", ".join(f"{k} {v:.2e}" for k, v in own.items()))
+            rec, a, b = Path(tmp) / "record.pkl", Path(tmp) / "old.pkl", Path(tmp) / "new.pkl"
+            one_run(REPO, init, args.equal_steps, 0, args.threads, replay=("record", rec),
+                    extra=("trainer.share_prompt_prefix=false", "trainer.fused_lora=false"))
+            one_run(old, init, args.equal_steps, 0, args.threads, replay=("replay", f"{rec}:{a}"))
+            one_run(REPO, init, args.equal_steps, 0, args.threads, replay=("replay", f"{rec}:{b}"))
+            record, old_after, new_after = loaded(rec), loaded(a)["after"], loaded(b)["after"]
+        plain, start = record["after"], record["adapters"]
+        diffs = {"adapter_max_abs_diff": adapters_diff(old_after, new_after),
+                 "adapter_max_abs_diff_plain_update": adapters_diff(plain, new_after),
+                 "adapter_max_abs_diff_old_vs_plain": adapters_diff(old_after, plain),
+                 "adapter_moved": adapters_diff(start, plain)}  # how far training moved them: the check binds
+        figures.update(diffs)
+        print(f"\nadapters after {args.equal_steps} steps on the same samples, seed 0, max |a - b| per role:")
+        for name, key in (("old update vs this checkout's", "adapter_max_abs_diff"),
+                          ("this checkout's vs its plain update", "adapter_max_abs_diff_plain_update"),
+                          ("old update vs this checkout's plain update", "adapter_max_abs_diff_old_vs_plain"),
+                          ("moved by training (plain update vs start)", "adapter_moved")):
+            print(f"  {name}: " + ", ".join(f"{k} {v:.2e}" for k, v in diffs[key].items()))
     if args.json:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "figures": figures}, indent=1))
 

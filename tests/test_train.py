@@ -190,12 +190,14 @@ def test_solver_only_steps_write_no_reviews_and_train_no_reviewer(small_cfg):
         run(small_cfg("trainer.reviews=false", "reward=verbal"))
 
 
-def test_shared_prefix_update_trains_the_adapters_of_the_plain_update(small_cfg, tmp_path):
+def test_the_fast_update_trains_the_adapters_of_the_plain_update(small_cfg, tmp_path):
+    """Shared prompt prefixes and fused LoRA layers on (the defaults) against both off: the same adapters."""
     from safetensors.torch import load_file
 
     def adapters(share: bool):
         # a reward the untrained model meets (varied solver advantages), oracle critiques for the reviewer
-        cfg = small_cfg("trainer.max_steps=5", f"trainer.share_prompt_prefix={share}", "trainer.eval_at_end=false",
+        cfg = small_cfg("trainer.max_steps=5", f"trainer.share_prompt_prefix={share}", f"trainer.fused_lora={share}",
+                        "trainer.eval_at_end=false",
                         "reward.mode=lowercase", "trainer.warmup_steps=5",
                         "trainer.checkpoint_every=0", "trainer.blind_review_share=0.5", "model.finetune=lora",
                         f"paths.output_dir={tmp_path}/{share}", "trainer.optim.solver.lr=3e-4",

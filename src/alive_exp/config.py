@@ -147,6 +147,7 @@ class TrainerConfig:
     warmup_steps: int = 0  # oracle writes critiques for the first warmup_steps
     micro_batch_size: int = 32
     share_prompt_prefix: bool = True  # a group's common prompt prefix is run once in the update, not per sample
+    fused_lora: bool = True  # float32 LoRA layers run one fused autograd function in the update (fused_lora.py)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval_every: int = 0

@@ -225,17 +225,19 @@ def _length(s: Sample) -> int:
 def prefix_groups(samples: list[Sample], size: int) -> list[list[Sample]]:
     """Micro-batches of at most `size` samples made of whole prefix groups: the samples of one `Sample.group`
     (the step sets it: a task's N solutions, the reviews of one task's solutions) or of one identical prompt,
-    a group larger than `size` split. Groups are packed together longest first, so one forward call serves
-    several groups (a call's fixed cost dominates a tiny model's update) and lengths within a call are close."""
+    a group larger than `size` split. Groups are packed together by the length of their longest suffix (what
+    the suffix pass pads to: the rest after the group's common prefix), longest first, so one forward call
+    serves several groups (a call's fixed cost dominates a tiny model's update) and pads little."""
     by_group: dict[object, list[Sample]] = {}
     for s in samples:
         by_group.setdefault(_group_key(s), []).append(s)
     pieces = []
     for group in by_group.values():
+        shared = common_prefix(group) if len(group) > 1 else 0
         group.sort(key=_length, reverse=True)
-        pieces += [group[i:i + size] for i in range(0, len(group), size)]
+        pieces += [(_length(group[i]) - shared, group[i:i + size]) for i in range(0, len(group), size)]
     chunks: list[list[Sample]] = []
-    for piece in sorted(pieces, key=lambda g: _length(g[0]), reverse=True):
+    for _, piece in sorted(pieces, key=lambda p: p[0], reverse=True):
         if chunks and len(chunks[-1]) + len(piece) <= size:
             chunks[-1] += piece
         else:

@@ -116,44 +116,43 @@ def role_loss(model, samples: list[Sample], *, pad_id: int, clip_eps: float, kl_
     first = torch.tensor([len(s.prompt_ids) for s in samples], device=device)
     logp, ent = (_shared_prefix_logprobs(model, samples, ids, attn, temperature) if share_prefix
                  else _token_scores(model, ids, attn, temperature, first=first))
-    adv = torch.tensor([s.advantage for s in samples], device=device).unsqueeze(1)
-    w = torch.tensor([s.nll_weight for s in samples], device=device).unsqueeze(1)
+    # every completion token of the micro-batch, row by row, as one flat vector (the loss is a sum over them)
+    rows, cols = mask.nonzero(as_tuple=True)
+    lp = logp[rows, cols]
+    lengths = [len(s.completion_ids) for s in samples]
+    adv = torch.tensor([s.advantage for s in samples], device=device).repeat_interleave(torch.tensor(lengths, device=device))
+    w = torch.tensor([s.nll_weight for s in samples], device=device).repeat_interleave(torch.tensor(lengths, device=device))
     # the first pass over a rollout stores its log-probs as the old ones (ratio 1 with a live gradient);
     # later PPO epochs score the same tokens against them, where the clip binds
-    old = torch.zeros_like(logp)
-    tis = torch.ones_like(logp) if tis_cap is not None else None
-    gaps: list[torch.Tensor] = []
-    for i, s in enumerate(samples):
-        start, end = len(s.prompt_ids), len(s.prompt_ids) + len(s.completion_ids)
-        engine = s.sampler_logps is not None and len(s.sampler_logps) == end - start
-        if s.old_logps is None:
-            s.old_logps = logp[i, start:end].detach().clone()
-            if engine:
-                gaps.append((s.old_logps.cpu() - torch.tensor(s.sampler_logps)).abs())
-        old[i, start:end] = s.old_logps.to(device)
-        if tis is not None and engine:
-            sampled = torch.tensor(s.sampler_logps, device=device, dtype=logp.dtype)
-            tis[i, start:end] = torch.exp(s.old_logps.to(device) - sampled).clamp(max=tis_cap)
-    old = torch.where(mask > 0, old, logp.detach())
-    ratio = torch.exp(logp - old)
+    if any(s.old_logps is None for s in samples):
+        for s, piece in zip(samples, lp.detach().clone().split(lengths)):
+            if s.old_logps is None:
+                s.old_logps = piece
+    old = torch.cat([s.old_logps.to(device) for s in samples]) if samples else lp.detach()
+    # the sampler's log-probs of the same tokens (NaN where the sampler did not write the completion)
+    engine = [s.sampler_logps is not None and len(s.sampler_logps) == n for s, n in zip(samples, lengths)]
+    sampled = torch.tensor([x for s, n, e in zip(samples, lengths, engine) for x in (s.sampler_logps if e else [float("nan")] * n)],
+                           device=device, dtype=lp.dtype)
+    known = ~torch.isnan(sampled)
+    gap = (old - sampled)[known].abs().cpu() if bool(known.any()) else torch.zeros(0)
+    ratio = torch.exp(lp - old)
     clipped_term = torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps) * adv
     pg = -torch.min(ratio * adv, clipped_term)
-    if tis is not None:
-        pg = pg * tis
-    clipped = ((clipped_term < ratio * adv) & (mask > 0)).float()  # the clip took the gradient away
-    per_token = pg - w * logp
+    if tis_cap is not None:
+        pg = pg * torch.where(known, torch.exp(old - sampled).clamp(max=tis_cap), torch.ones_like(old))
+    clipped = clipped_term < ratio * adv  # the clip took the gradient away
+    per_token = pg - w * lp
     kl = torch.zeros((), device=device)
     if kl_coef > 0 and reference_logps is not None:
-        delta = reference_logps - logp
+        delta = reference_logps[rows, cols] - lp
         # k3 estimator, non-negative: its value estimates KL(pi || pi_ref) under samples from pi; its gradient
         # (samples held fixed) estimates grad KL(pi_ref || pi) (tests/test_losses.py checks both exactly)
         kl_tok = torch.exp(delta) - delta - 1
         per_token = per_token + kl_coef * kl_tok
-        kl = (kl_tok * mask).sum() / mask.sum().clamp(min=1)
-    loss = (per_token * mask).sum() / max(total_tokens, 1)
-    nll = -(logp * mask).sum() / mask.sum().clamp(min=1)
-    gap = torch.cat(gaps) if gaps else torch.zeros(0)
-    return loss, {"kl": float(kl.detach()), "nll": float(nll.detach()), "tokens": float(mask.sum()),
+        kl = kl_tok.sum() / max(lp.numel(), 1)
+    loss = per_token.sum() / max(total_tokens, 1)
+    nll = -lp.sum() / max(lp.numel(), 1)
+    return loss, {"kl": float(kl.detach()), "nll": float(nll.detach()), "tokens": float(lp.numel()),
                   "clipped": float(clipped.sum()), "gap_sum": float(gap.sum()), "gap_tokens": float(gap.numel()),
                   "entropy_sum": float((ent * mask[::ENTROPY_EVERY]).sum()),
                   "entropy_tokens": float(mask[::ENTROPY_EVERY].sum()),

@@ -24,6 +24,7 @@ import torch
 from alive_exp import metrics as M
 from alive_exp.alive import AliveStep
 from alive_exp.distributed import sync_gradients
+from alive_exp.fused_lora import fused_lora
 from alive_exp.logprobs import prefix_groups
 from alive_exp.losses import Sample, contributing, reference_logprobs, role_loss
 from alive_exp.models import adapter_parameters, role_adapter
@@ -213,10 +214,11 @@ class AliveModule(pl.LightningModule):
             ref = None
             if self.cfg.reward.kl_coef > 0 and adapter is not None:
                 ref = reference_logprobs(self.model, chunk, self.tokenizer.pad_token_id, self.disable_adapters, temp)
-            loss, info = role_loss(self.model, chunk, pad_id=self.tokenizer.pad_token_id,
-                                   clip_eps=self.cfg.reward.clip_eps, kl_coef=self.cfg.reward.kl_coef,
-                                   total_tokens=total, reference_logps=ref, temperature=temp, share_prefix=share,
-                                   tis_cap=self.cfg.rollout.tis_cap)
+            with fused_lora(self.model, self.cfg.trainer.fused_lora):  # the backward is the function's own
+                loss, info = role_loss(self.model, chunk, pad_id=self.tokenizer.pad_token_id,
+                                       clip_eps=self.cfg.reward.clip_eps, kl_coef=self.cfg.reward.kl_coef,
+                                       total_tokens=total, reference_logps=ref, temperature=temp,
+                                       share_prefix=share, tis_cap=self.cfg.rollout.tis_cap)
             self.manual_backward(weight * loss)
             frac = len(chunk) / len(batch)
             st["loss"] += float(loss.detach())
