@@ -68,14 +68,15 @@ def test_after_the_context_the_layers_run_pefts_forward_again():
     assert not any("forward" in m.__dict__ for m in model.modules() if isinstance(m, Linear))
 
 
-@pytest.mark.parametrize("case", ["dropout", "bf16", "disabled", "merged"])
+@pytest.mark.parametrize("case", ["dropout", "bf16", "autocast", "disabled", "merged"])
 def test_layers_fused_lora_would_change_keep_pefts_forward(case):
-    """LoRA dropout (the fused function has none), bf16 weights (W + sBA would round a small update away),
-    adapters disabled (the reference policy) and merged adapters run PEFT's own forward, unchanged."""
+    """LoRA dropout (the fused function has none), bf16 weights or bf16 autocast (W + sBA would round a small
+    update away), adapters disabled (the reference policy) and merged adapters run PEFT's own forward."""
     model = _peft(dropout=0.1 if case == "dropout" else 0.0, dtype=torch.bfloat16 if case == "bf16" else torch.float32)
     model.eval()  # dropout off, so the outputs can be compared; the layer still holds a Dropout, not Identity
     ids = torch.tensor([[3, 5, 7, 9, 11, 2]])
-    ctx = model.disable_adapter() if case == "disabled" else contextlib.nullcontext()
+    ctx = (model.disable_adapter() if case == "disabled" else torch.autocast("cpu", dtype=torch.bfloat16)
+           if case == "autocast" else contextlib.nullcontext())
     if case == "merged":
         model.merge_adapter()
     with torch.no_grad(), ctx:

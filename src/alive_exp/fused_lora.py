@@ -10,9 +10,10 @@ W' = W + s B A formed in the call (out x in x r multiply-adds, small beside the 
     backward  dx = dy W'     dA = s (dy B)^T x     dB = s dy^T (x A^T)
 
 W' is formed again in the backward rather than kept, so the memory held for the backward is what PEFT holds.
-Only float32 weights are fused: in bf16 or fp16, W + s B A would round a small update away (PEFT keeps the
-low-rank path separate for that reason), so those layers keep PEFT's forward. In float32 the gradients are
-PEFT's up to rounding (tests/test_fused_lora.py).
+Only float32 weights outside autocast are fused: in bf16 or fp16 (bf16-mixed autocasts the products),
+W + s B A would round a small update away (PEFT keeps the low-rank path separate for that reason), so those
+layers keep PEFT's forward, as do sharded (DTensor) weights. In float32 the gradients are PEFT's up to
+rounding (tests/test_fused_lora.py).
 
 `fused_lora(model)` swaps the forward of every PEFT LoRA `Linear` whose active adapter is a plain LoRA (no
 dropout, DoRA or other variant, no LoRA bias, not merged, a frozen float32 `nn.Linear` base) for the fused
@@ -68,7 +69,12 @@ def _plain_adapter(layer) -> str | None:
         return None
     if layer.base_layer.weight.requires_grad or (layer.base_layer.bias is not None and layer.base_layer.bias.requires_grad):
         return None
-    if layer.base_layer.weight.dtype != torch.float32 or layer.lora_A[name].weight.dtype != torch.float32:
+    weight = layer.base_layer.weight
+    if weight.dtype != torch.float32 or layer.lora_A[name].weight.dtype != torch.float32:
+        return None
+    if torch.is_autocast_enabled(weight.device.type):  # bf16-mixed: the products would run, and round, in bf16
+        return None
+    if not isinstance(weight, nn.Parameter) or type(weight.data) is not torch.Tensor:  # e.g. a sharded DTensor
         return None
     return name
 
