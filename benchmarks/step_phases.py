@@ -145,12 +145,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--equal-steps", type=int, default=5, help="steps before the adapter comparison (0: skip)")
     ap.add_argument("--smoke", action="store_true",
-                    help="1 rep of 3 steps, 2-step adapter check, from a 4-step warm start (CI: it runs, not a figure)")
+                    help="1 rep of 2 steps, 2-step adapter check, from a 4-step warm start (CI: it runs, not a figure)")
     ap.add_argument("--data", type=Path, default=REPO / "data" / "bench_step")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args()
     if args.smoke:
-        args.reps, args.steps, args.equal_steps = 1, 3, 2
+        args.reps, args.steps, args.equal_steps = 1, 2, 2
     args.data = args.data.resolve()  # the old commit's processes run in its worktree
     old = worktree(args.ref, args.data / f"worktree-{args.ref}")
     init = warm_start(old, args.data / ("smoke-data" if args.smoke else "data"), args.threads, 4 if args.smoke else None)

@@ -39,7 +39,7 @@ def test_step_benchmark_runs_both_commits_phase_by_phase(tmp_path):
     out = tmp_path / "steps.json"
     try:
         proc = subprocess.run(
-            [sys.executable, "benchmarks/step_phases.py", "--smoke", "--threads", "1", "--data", str(tmp_path / "bench"),
+            [sys.executable, "benchmarks/step_phases.py", "--smoke", "--threads", "2", "--data", str(tmp_path / "bench"),
              "--json", str(out)],
             cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=900)
     finally:  # the benchmark's git worktree of the old commit goes with the temporary folder

@@ -105,7 +105,8 @@ class VLLMServer:
         return server
 
     def wait_healthy(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
+        start = time.monotonic()
+        deadline, told = start + timeout_s, start
         while True:
             self._check_alive()
             try:
@@ -115,9 +116,13 @@ class VLLMServer:
                         return
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
                 pass
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if now > deadline:
                 raise VLLMServerError(f"vLLM server at {self.url} not healthy after {timeout_s:.0f} s"
                                       f"{self._log_tail()}")
+            if now - told >= 30:
+                told = now
+                log.info("vLLM: waiting for %s to answer /health (%.0f of %.0f s)", self.url, now - start, timeout_s)
             time.sleep(1.0)
 
     def alive(self) -> bool:
@@ -302,7 +307,7 @@ def build_generator(cfg, model, tokenizer, base_path: str, adapters: list[str], 
     """Start (or attach to) the server on `base_path` and load every role's adapter."""
     v = cfg.rollout.vllm
     if v.url:
-        server = VLLMServer.attach(str(v.url), float(v.request_timeout_s))
+        server = VLLMServer.attach(str(v.url), float(v.request_timeout_s), float(v.startup_timeout_s))
     else:
         dtype = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16", "auto": "auto"}[cfg.model.dtype]
         max_len = int(v.max_model_len or getattr(model.config, "max_position_embeddings", 2048))
