@@ -11,7 +11,8 @@ the machine hits both; each rep is a fresh process with its own seed (rep i uses
 
 Per rep: the mean over steps 2..S of each phase's seconds (step 1 is left out: the first generate at each
 shape is slow for reasons that are not the step's). Printed: the median over reps and the range, per side,
-and the ratio new / old of the medians. The old commit's `update` timer also wrapped building the samples,
+the ratio new / old of the medians, and the ratios within each pair of reps (same seed, run one after the
+other): their median and range. The old commit's `update` timer also wrapped building the samples,
 so the comparison is old `update` against new `samples + update`. Generation is compared per generated
 token as well, since the sides draw different completions after their first update.
 
@@ -164,14 +165,19 @@ def main() -> None:
     rows = (*PHASES, "generation", "gen_ms_per_token", "step")
     print(f"\n{args.reps} reps x {args.steps} steps per side, {args.threads} torch threads; seconds per step "
           f"(steps 2..{args.steps}); median [min, max] over reps")
-    print(f"{'phase':<18}{args.ref + ' (old)':>24}{'this checkout (new)':>24}{'new / old':>11}")
+    print(f"{'phase':<18}{args.ref + ' (old)':>24}{'this checkout (new)':>24}{'new / old':>11}"
+          f"{'paired by rep':>24}")
     figures = {}
     for r in rows:
         o, n = [x[r] for x in reps["old"]], [x[r] for x in reps["new"]]
         mo, mn = statistics.median(o), statistics.median(n)
         ratio = mn / mo if mo else float("nan")
-        figures[r] = {"old": o, "new": n, "ratio_of_medians": ratio}
-        print(f"{r:<18}{mo:>10.3f} [{min(o):.3f}, {max(o):.3f}]{mn:>10.3f} [{min(n):.3f}, {max(n):.3f}]{ratio:>10.2f}x")
+        # rep i of both sides ran seed i, one after the other: the ratio within each pair
+        pairs = [b / a for a, b in zip(o, n) if a]
+        figures[r] = {"old": o, "new": n, "ratio_of_medians": ratio, "paired_ratios": pairs}
+        paired = f"{statistics.median(pairs):>10.2f} [{min(pairs):.2f}, {max(pairs):.2f}]" if pairs else f"{'-':>10}"
+        print(f"{r:<18}{mo:>10.3f} [{min(o):.3f}, {max(o):.3f}]{mn:>10.3f} [{min(n):.3f}, {max(n):.3f}]{ratio:>10.2f}x"
+              f"{paired}")
     if args.equal_steps:
         # the updates compared on the same samples (benchmarks/replay_update.py): this checkout records its
         # samples with its plain update (every prompt in full, PEFT's own LoRA layers); the old commit and this

@@ -52,7 +52,7 @@ def test_step_benchmark_runs_both_commits_phase_by_phase(tmp_path):
     assert set(figures["adapter_max_abs_diff"]) == {"constructor", "reviewer", "solver"}
     # both commits learned from the same recorded samples (benchmarks/replay_update.py)
     assert all(v < 1e-4 for v in figures["adapter_max_abs_diff"].values()), figures["adapter_max_abs_diff"]
-    assert "new / old" in proc.stdout
+    assert "new / old" in proc.stdout and "paired by rep" in proc.stdout
 
 
 def test_logprob_memory_benchmark_measures_every_variant(tmp_path):
