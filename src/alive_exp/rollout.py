@@ -62,18 +62,23 @@ class _Sampling(LogitsProcessor):
 
     def __init__(self, temperature: float) -> None:
         self.temperature = temperature
-        self.previous: torch.Tensor | None = None  # log-softmax of the last step's scores
+        # the last step's scores and their logsumexp: log p(chosen) = score[chosen] - logsumexp, without
+        # writing out the whole log-softmax every step
+        self.previous: tuple[torch.Tensor, torch.Tensor] | None = None
         self.logps: list[torch.Tensor] = []  # per generated position: [batch] log-probs of the chosen tokens
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         self.record(input_ids[:, -1])
-        scores = scores / self.temperature
-        self.previous = torch.log_softmax(scores.float(), dim=-1)
+        if self.temperature != 1.0:
+            scores = scores / self.temperature
+        z = scores.float()
+        self.previous = (z, torch.logsumexp(z, dim=-1))
         return scores
 
     def record(self, chosen: torch.Tensor) -> None:
         if self.previous is not None:
-            self.logps.append(self.previous.gather(1, chosen.unsqueeze(1)).squeeze(1))
+            z, lse = self.previous
+            self.logps.append(z.gather(1, chosen.unsqueeze(1)).squeeze(1) - lse)
             self.previous = None
 
 
