@@ -120,15 +120,15 @@ def role_loss(model, samples: list[Sample], *, pad_id: int, clip_eps: float, kl_
     rows, cols = mask.nonzero(as_tuple=True)
     lp = logp[rows, cols]
     lengths = [len(s.completion_ids) for s in samples]
-    adv = torch.tensor([s.advantage for s in samples], device=device).repeat_interleave(torch.tensor(lengths, device=device))
-    w = torch.tensor([s.nll_weight for s in samples], device=device).repeat_interleave(torch.tensor(lengths, device=device))
+    per_sample = torch.tensor([[s.advantage, s.nll_weight] for s in samples], device=device)
+    adv, w = per_sample.repeat_interleave(torch.tensor(lengths, device=device), dim=0).unbind(1)
     # the first pass over a rollout stores its log-probs as the old ones (ratio 1 with a live gradient);
     # later PPO epochs score the same tokens against them, where the clip binds
     if any(s.old_logps is None for s in samples):
         for s, piece in zip(samples, lp.detach().clone().split(lengths)):
             if s.old_logps is None:
                 s.old_logps = piece
-    old = torch.cat([s.old_logps.to(device) for s in samples]) if samples else lp.detach()
+    old = torch.cat([s.old_logps.to(device) for s in samples])
     # the sampler's log-probs of the same tokens (NaN where the sampler did not write the completion)
     engine = [s.sampler_logps is not None and len(s.sampler_logps) == n for s, n in zip(samples, lengths)]
     sampled = torch.tensor([x for s, n, e in zip(samples, lengths, engine) for x in (s.sampler_logps if e else [float("nan")] * n)],

@@ -210,26 +210,29 @@ class AliveModule(pl.LightningModule):
         self.use_adapter(role)
         share = self.cfg.trainer.share_prompt_prefix
         chunks = prefix_groups(batch, mb) if share else [batch[i:i + mb] for i in range(0, len(batch), mb)]
-        for chunk in chunks:
-            ref = None
-            if self.cfg.reward.kl_coef > 0 and adapter is not None:
-                ref = reference_logprobs(self.model, chunk, self.tokenizer.pad_token_id, self.disable_adapters, temp)
-            with fused_lora(self.model, self.cfg.trainer.fused_lora):  # the backward is the function's own
+        trained_tokens = max(sum(len(x.completion_ids) for x in batch), 1)
+        # the forward runs fused LoRA layers (the backward is the function's own); with adapters disabled, the
+        # reference pass runs PEFT's own
+        with fused_lora(self.model, self.cfg.trainer.fused_lora):
+            for chunk in chunks:
+                ref = None
+                if self.cfg.reward.kl_coef > 0 and adapter is not None:
+                    ref = reference_logprobs(self.model, chunk, self.tokenizer.pad_token_id, self.disable_adapters, temp)
                 loss, info = role_loss(self.model, chunk, pad_id=self.tokenizer.pad_token_id,
                                        clip_eps=self.cfg.reward.clip_eps, kl_coef=self.cfg.reward.kl_coef,
                                        total_tokens=total, reference_logps=ref, temperature=temp,
                                        share_prefix=share, tis_cap=self.cfg.rollout.tis_cap)
-            self.manual_backward(weight * loss)
-            frac = len(chunk) / len(batch)
-            st["loss"] += float(loss.detach())
-            st["kl"] += info["kl"] * frac
-            st["nll"] += info["nll"] * frac
-            st["clip_frac"] += info["clipped"] / max(sum(len(x.completion_ids) for x in batch), 1)
-            st["gap_sum"] += info["gap_sum"]
-            st["gap_tokens"] += info["gap_tokens"]
-            st["gap_max"] = max(st["gap_max"], info["gap_max"])
-            st["entropy_sum"] += info["entropy_sum"]
-            st["entropy_tokens"] += info["entropy_tokens"]
+                self.manual_backward(weight * loss)
+                frac = len(chunk) / len(batch)
+                st["loss"] += float(loss.detach())
+                st["kl"] += info["kl"] * frac
+                st["nll"] += info["nll"] * frac
+                st["clip_frac"] += info["clipped"] / trained_tokens
+                st["gap_sum"] += info["gap_sum"]
+                st["gap_tokens"] += info["gap_tokens"]
+                st["gap_max"] = max(st["gap_max"], info["gap_max"])
+                st["entropy_sum"] += info["entropy_sum"]
+                st["entropy_tokens"] += info["entropy_tokens"]
         return st
 
     def profile_dir(self, step: int) -> Path | None:
