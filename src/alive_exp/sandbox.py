@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import json
 import math
 import os
 import pwd
@@ -36,14 +37,17 @@ import resource
 import secrets
 import selectors
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
+from alive_exp import sandbox_judge
 from alive_exp.sandbox_launcher import START_FAILED, exposures, launcher_argv
 
 OUTPUT_CAP = 64 * 1024  # bytes kept per stream; more than this kills the run
@@ -52,10 +56,11 @@ MAX_PROCS = 64  # RLIMIT_NPROC per run (per uid, threads included)
 FILE_MB = 16  # RLIMIT_FSIZE; the private tmpfs holds 4x this
 TEARDOWN_S = 10.0  # the launcher's most time to kill and reap a run after being asked to stop
 
-# Trusted runner, passed with -c: it holds no secret; the nonce arrives with the code through an fd.
+# Trusted runner, passed with -c: it holds no secret; the nonce arrives with the code through an fd. In a
+# judged run (serve_fd >= 0) there is no nonce: the program's functions are served to the judge instead.
 _RUNNER = r"""
 import os, sys
-def _boot(src_fd, done_fd, stub_net):
+def _boot(src_fd, done_fd, stub_net, serve_fd=-1):
     with os.fdopen(src_fd, "rb") as f:
         nonce, _, src = f.read().partition(b"\n")
     if stub_net:
@@ -68,14 +73,45 @@ def _boot(src_fd, done_fd, stub_net):
     sys.argv = ["main.py"]
     g = {"__name__": "__main__", "__file__": "main.py", "__builtins__": __builtins__}
     exec(compile(src, "main.py", "exec"), g)
-    os.write(done_fd, nonce)
-_boot(*map(int, sys.argv[1:4]))
+    if serve_fd >= 0:
+        serve(serve_fd, g, "main.py")
+    else:
+        os.write(done_fd, nonce)
+_boot(*map(int, sys.argv[1:]))
 """
+_JUDGE = Path(sandbox_judge.__file__).read_text(encoding="utf-8")  # stdlib-only source, run in both processes
+_SERVING_RUNNER = _JUDGE + _RUNNER
+VERDICT_CAP = 64 * 1024  # a pipe's buffer: the judge writes its verdict in one go and exits
+
+
+@dataclass(frozen=True)
+class Tests:
+    """Trusted tests for a program, run by the judge (see `sandbox_judge`): `prelude` first (the problem's
+    own helpers, e.g. HumanEval's `poly`), then `source`. Each name in `calls`, and each name the tests use
+    that neither they, the prelude nor the builtins define, is a function of the program, called over the
+    socket with plain values."""
+
+    source: str
+    prelude: str = ""
+    calls: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Failure:
+    """The judge's account of a failed run. kind: "check" (an assert of the tests failed), "raised" (the
+    solution raised), "error" (the tests raised on what they got), "lost" (the program stopped answering,
+    answered with no plain value, or raised SystemExit and the like)."""
+
+    kind: str
+    message: str
+    test_line: str = ""  # the tests' line that failed
+    program_line: int = 0  # the program's line where the solution raised, as the program reports it
 
 
 @dataclass(frozen=True)
 class SandboxResult:
-    """Outcome of one run; `passed` means it ran to its end and exited 0, nothing weaker."""
+    """Outcome of one run. `passed`: for `run_python`, it ran to its end and exited 0; for `judge`, the judge
+    ran every test to its end against it. Nothing weaker."""
 
     passed: bool
     timed_out: bool
@@ -85,6 +121,7 @@ class SandboxResult:
     reason: str = ""
     duration_s: float = 0.0
     isolation: tuple[str, ...] = ()
+    failure: Failure | None = field(default=None)  # judged runs that the judge failed
 
 
 @dataclass(frozen=True)
@@ -164,53 +201,104 @@ def _finish(proc: subprocess.Popen) -> int:
     return rc
 
 
-def _execute(code: str, timeout_s: float, memory_mb: int, plan: _Plan) -> SandboxResult:
-    start, nonce = time.monotonic(), secrets.token_hex(16).encode()
-    result = lambda *fields: SandboxResult(*fields, time.monotonic() - start, plan.names())  # noqa: E731
+def _unlinked(cleanup: contextlib.ExitStack, data: bytes):
+    """A file only the fd we pass reaches: no name, no argv, no env var."""
+    f = cleanup.enter_context(tempfile.TemporaryFile())
+    f.write(data)
+    f.flush()
+    f.seek(0)
+    return f
+
+
+def _read_all(fd: int) -> bytes:
+    """What the pipe holds once its writers are gone; b"" if one is still alive (a launcher we had to kill)."""
+    data = b""
+    with contextlib.suppress(BlockingIOError):
+        while len(data) <= VERDICT_CAP and (chunk := os.read(fd, 65536)):
+            data += chunk
+        return data
+    return b""
+
+
+def _verdict(data: bytes, token: str) -> dict | None:
+    """The judge's verdict, if `data` is one and carries this run's token."""
+    try:
+        found = json.loads(data)
+    except ValueError:
+        return None
+    return found if isinstance(found, dict) and found.get("token") == token else None
+
+
+def _failure(verdict: dict) -> Failure:
+    field_of = lambda k, t, empty: verdict.get(k) if type(verdict.get(k)) is t else empty  # noqa: E731
+    return Failure(field_of("kind", str, ""), field_of("message", str, ""), field_of("test_line", str, ""),
+                   field_of("program_line", int, 0))
+
+
+def _execute(code: str, timeout_s: float, memory_mb: int, plan: _Plan, tests: Tests | None = None) -> SandboxResult:
+    start, token = time.monotonic(), secrets.token_hex(16)
+    nonce = b"" if tests else token.encode()  # a judged run's program gets no secret at all
+    names = ("judge",) + plan.names()[1:] if tests else plan.names()
+    result = lambda *fields, failure=None: SandboxResult(*fields, time.monotonic() - start, names, failure)  # noqa: E731
     with contextlib.ExitStack() as cleanup:  # unwinds in reverse: close, remove dir, free uid
         try:
             uid = _acquire_uid() if plan.drop_uid else None
             if uid is not None:
                 cleanup.callback(_release_uid, uid)
+            judge_uid = _acquire_uid() if plan.drop_uid and tests else None  # so the run cannot signal the judge
+            if judge_uid is not None:
+                cleanup.callback(_release_uid, judge_uid)
             workdir = tempfile.mkdtemp(prefix="alive-sbx-")
             cleanup.callback(shutil.rmtree, workdir, ignore_errors=True)
             if uid is not None and not plan.mountns:
                 os.chown(workdir, uid, uid)
-            src = cleanup.enter_context(tempfile.TemporaryFile())  # unlinked: only the fd we pass reaches it
-            src.write(nonce + b"\n" + code.encode("utf-8", "surrogatepass"))
-            src.flush()
-            src.seek(0)
-            done_r, done_w = os.pipe()
+            src = _unlinked(cleanup, nonce + b"\n" + code.encode("utf-8", "surrogatepass"))
+            done_r, done_w = os.pipe()  # judged: the verdict's pipe, written by the judge alone
             cleanup.callback(os.close, done_r)
             os.set_blocking(done_r, False)
+            ours = [done_w]  # our copies of what only the launcher's children may hold, closed once it starts
             home = "/tmp" if plan.mountns else workdir
             env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": home, "TMPDIR": home, "LANG": "C.UTF-8"}
-            fds = (src.fileno(), done_w)
-            runner = [sys.executable, "-I", "-B", "-c", _RUNNER, *map(str, fds), str(int(not plan.netns))]
+            stub = str(int(not plan.netns))
+            judge = None
+            if tests is None:
+                fds = (src.fileno(), done_w)
+                runner = [sys.executable, "-I", "-B", "-c", _RUNNER, *map(str, fds), stub]
+            else:
+                serve_fd, judge_fd = (s.detach() for s in socket.socketpair())
+                spec = {"token": token, "prelude": tests.prelude, "source": tests.source, "calls": list(tests.calls)}
+                spec_file = _unlinked(cleanup, json.dumps(spec).encode())
+                ours += [serve_fd, judge_fd]
+                judge = (judge_uid, _JUDGE, (spec_file.fileno(), judge_fd, done_w))
+                fds = (src.fileno(), serve_fd, *judge[2])
+                runner = [sys.executable, "-I", "-B", "-c", _SERVING_RUNNER, str(src.fileno()), "-1", stub, str(serve_fd)]
             try:  # no preexec_fn: the launcher is a fresh process, safe however many threads call us
                 argv = launcher_argv(runner, uid=uid, workdir=workdir, netns=plan.netns, mountns=plan.mountns,
-                                     tmpfs_mb=4 * FILE_MB, limits=_limits(timeout_s, memory_mb))
+                                     tmpfs_mb=4 * FILE_MB, limits=_limits(timeout_s, memory_mb), judge=judge)
                 proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE, cwd=workdir, env=env, pass_fds=fds,
                                         start_new_session=True)
             finally:
-                os.close(done_w)  # else our own copy would keep the pipe open
+                for fd in ours:  # else our own copies would keep the pipe and the socket open
+                    os.close(fd)
         except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
             return result(False, False, None, "", "", f"failed to start: {exc}")
         try:
             out, err, problem = _collect(proc, start + timeout_s)
         finally:
             rc = _finish(proc)  # on any path: never leave a run behind
-        try:
-            token = os.read(done_r, 4096)
-        except BlockingIOError:  # a writer outlived a launcher we had to kill
-            token = b""
-        passed = not problem and rc == 0 and token == nonce
         text = lambda b: b.decode("utf-8", "replace")  # noqa: E731
         if rc == START_FAILED and err.startswith(b"failed to start: ") and not problem:
             problem = text(err).splitlines()[0]
-        reason = problem or ("passed" if passed else f"exit code {rc}" if rc else "exited before the end")
-        return result(passed, problem == "timeout", rc, text(out), text(err), reason)
+        if tests is None:
+            passed = not problem and rc == 0 and _read_all(done_r) == nonce
+            reason = problem or ("passed" if passed else f"exit code {rc}" if rc else "exited before the end")
+            return result(passed, problem == "timeout", rc, text(out), text(err), reason)
+        verdict = _verdict(_read_all(done_r), token)
+        passed = not problem and verdict is not None and verdict.get("passed") is True
+        reason = problem or ("passed" if passed else "no verdict" if verdict is None else "failed")
+        failure = _failure(verdict) if verdict is not None and not passed else None
+        return result(passed, problem == "timeout", rc, text(out), text(err), reason, failure=failure)
 
 
 _plan_lock = threading.Lock()
@@ -239,6 +327,23 @@ def run_python(code: str, *, timeout_s: float = 5.0, memory_mb: int = 512) -> Sa
 def run_many(codes: list[str], *, timeout_s: float = 5.0, memory_mb: int = 512,
              workers: int | None = None) -> list[SandboxResult]:
     """Run many programs, `workers` at a time (default: CPU count); results keep the input order."""
+    return _many([(c, None) for c in codes], timeout_s, memory_mb, workers)
+
+
+def judge(program: str, tests: Tests, *, timeout_s: float = 5.0, memory_mb: int = 512) -> SandboxResult:
+    """Run `program` contained and `tests` against it in the judge; passed = every test ran to its end there.
+    Never raises on bad code; returns once every process of the run is gone."""
+    return _execute(program, timeout_s, memory_mb, _plan(), tests)
+
+
+def judge_many(runs: list[tuple[str, Tests]], *, timeout_s: float = 5.0, memory_mb: int = 512,
+               workers: int | None = None) -> list[SandboxResult]:
+    """`judge` for many (program, tests) pairs, `workers` at a time; results keep the input order."""
+    return _many(runs, timeout_s, memory_mb, workers)
+
+
+def _many(runs: list[tuple[str, Tests | None]], timeout_s: float, memory_mb: int,
+          workers: int | None) -> list[SandboxResult]:
     plan = _plan()  # probe before the threads start
     with ThreadPoolExecutor(max_workers=max(1, workers or os.cpu_count() or 1)) as pool:
-        return list(pool.map(lambda c: _execute(c, timeout_s, memory_mb, plan), codes))
+        return list(pool.map(lambda r: _execute(r[0], timeout_s, memory_mb, plan, r[1]), runs))

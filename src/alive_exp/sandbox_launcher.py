@@ -34,7 +34,7 @@ libc = ctypes.CDLL(None, use_errno=True)
 libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
 libc.prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4  # variadic: it reads unsigned longs
 NOSUID, NODEV, BIND, MOVE, REC, PRIVATE, DETACH = 2, 4, 4096, 8192, 16384, 1 << 18, 2
-PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, START_FAILED = 1, 36, 125
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER, START_FAILED = 1, 4, 36, 125
 SCRATCH = ("/var/tmp", "/dev/shm", "/tmp")
 
 def check(ok, what):
@@ -129,15 +129,49 @@ def start_run(uid, limits, argv):
     finally:
         os._exit(START_FAILED)
 
-def main(parent, uid, flags, mounts, limits, argv):
+def start_judge(uid, limits, source, fds):
+    # The forked judge: its own session and uid, not dumpable (so no process but root's may ptrace it or
+    # open its /proc/<pid>/mem, fd or environ), nothing open but its own fds, then the judge. Never returns.
+    try:
+        launcher = os.getppid()
+        os.setsid()
+        if uid >= 0:
+            drop_to(uid)
+        check(libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) == 0, "prctl")
+        check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0, "prctl")  # no launcher, no verdict
+        if os.getppid() != launcher:
+            os._exit(START_FAILED)
+        for res, value in limits:
+            resource.setrlimit(res, (value, value))
+        null = os.open(os.devnull, os.O_RDWR)
+        for std in (0, 1, 2):  # what the tests print goes nowhere
+            os.dup2(null, std)
+        low = 3
+        for fd in sorted(fds):
+            os.closerange(low, fd)
+            low = fd + 1
+        os.closerange(low, os.sysconf("SC_OPEN_MAX"))
+        os.chdir("/")
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        judge = {"__name__": "judge"}
+        exec(compile(source, "judge.py", "exec"), judge)
+        judge["judge"](*fds)
+    except BaseException as exc:  # no verdict: the run fails
+        os.write(2, f"the judge failed: {exc!r}\n".encode())
+    finally:
+        os._exit(0)
+
+def main(parent, uid, flags, mounts, limits, argv, judge):
     try:
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # we die of the run's signal at the end, coreless
         check(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0, "prctl")  # the run's orphans come to us, not init
         check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) == 0, "prctl")  # a vanished trainer = a timeout
         if os.getppid() != parent:
             os._exit(START_FAILED)
-        if uid >= 0:
-            kill_uid(uid)  # a crashed earlier trainer may have left processes under it
+        for owner in (uid, judge[0] if judge else -1):
+            if owner >= 0:
+                kill_uid(owner)  # a crashed earlier trainer may have left processes under it
         if flags:
             check(libc.unshare(flags) == 0, "unshare")
         if mounts:
@@ -146,19 +180,32 @@ def main(parent, uid, flags, mounts, limits, argv):
         os.write(2, f"failed to start: {exc}\n".encode())
         os._exit(START_FAILED)
     signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM])  # a stop request waits for a run to stop
+    judged = 0
+    if judge:  # the judge first, and its fds closed here before the run forks: the run never holds them
+        judged = os.fork()
+        if judged == 0:
+            start_judge(*judge)
+        for fd in judge[3]:
+            os.close(fd)
     run = os.fork()
     if run == 0:
         start_run(uid, limits, argv)
-    signal.signal(signal.SIGTERM, lambda *_: os.kill(run, signal.SIGKILL))  # the trainer's stop request
+    os.closerange(3, os.sysconf("SC_OPEN_MAX"))  # the fds were the children's: the judge must see the run hang up
+    signal.signal(signal.SIGTERM, lambda *_: [os.kill(p, signal.SIGKILL) for p in (run, judged) if p])  # the trainer's stop request
     signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGTERM])
-    end = os.waitid(os.P_PID, run, os.WEXITED | os.WNOWAIT)  # unreaped: its pid (the session id) stays ours
+    if judged:  # the judge's end is the run's: it has its verdict, or never will
+        os.waitid(os.P_PID, judged, os.WEXITED | os.WNOWAIT)  # unreaped too: its pid stays ours
+        end = os.waitid(os.P_PID, run, os.WEXITED | os.WNOHANG | os.WNOWAIT)  # None: still running
+    else:
+        end = os.waitid(os.P_PID, run, os.WEXITED | os.WNOWAIT)  # unreaped: its pid (the session id) stays ours
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # from here on that pid is reaped and may be reused
     try:
         os.killpg(run, signal.SIGKILL)  # the run's session, in one go
     except OSError:
         pass
-    if uid >= 0:
-        kill_uid(uid)  # whatever left the session still has the uid
+    for owner in (uid, judge[0] if judge else -1):
+        if owner >= 0:
+            kill_uid(owner)  # whatever left the session still has the uid
     while True:  # orphans come to us, so once we have no child left, no process of the run is left
         for pid in children():
             try:
@@ -170,6 +217,8 @@ def main(parent, uid, flags, mounts, limits, argv):
                 time.sleep(0.001)  # SIGKILLed, not dead yet
         except ChildProcessError:
             break
+    if end is None:  # a judged run still serving when the judge was done: we stopped it
+        os._exit(0)
     if end.si_code == os.CLD_EXITED:
         os._exit(end.si_status)
     if end.si_status != signal.SIGKILL:
@@ -199,10 +248,13 @@ def _under_scratch() -> list[str]:
 
 
 def launcher_argv(runner: list[str], *, uid: int | None, workdir: str, netns: bool, mountns: bool,
-                  tmpfs_mb: int, limits: list[tuple[int, int]]) -> list[str]:
-    """The launcher's command line: everything it needs, marshalled (no secret is in it)."""
+                  tmpfs_mb: int, limits: list[tuple[int, int]],
+                  judge: tuple[int | None, str, tuple[int, ...]] | None = None) -> list[str]:
+    """The launcher's command line: everything it needs, marshalled (no secret is in it). `judge`, for a
+    judged run: the judge's uid, its source (`sandbox_judge`) and the fds it alone keeps (spec, socket, verdict)."""
     flags = (_CLONE_NEWNET if netns else 0) | (_CLONE_NEWNS if mountns else 0)
     owner = os.getuid() if uid is None else uid
     mounts = (workdir, owner, tmpfs_mb, exposures(), _under_scratch()) if mountns else ()
-    config = (os.getpid(), -1 if uid is None else uid, flags, mounts, limits, runner)
+    judged = () if judge is None else (-1 if judge[0] is None else judge[0], limits, judge[1], judge[2])
+    config = (os.getpid(), -1 if uid is None else uid, flags, mounts, limits, runner, judged)
     return [sys.executable, "-I", "-S", "-B", "-c", _LAUNCHER, marshal.dumps(config).hex()]

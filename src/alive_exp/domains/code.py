@@ -4,11 +4,16 @@ Two kinds of document:
 
 - a HumanEval problem with its canonical solution (prompt + body). Spans are whole lines or expressions
   of the body, never the signature or docstring. The task shows the program with the span masked; an
-  answer is right iff the filled-in program passes the problem's tests in the sandbox.
+  answer is right iff the filled-in program passes the problem's tests.
 - a CodeI/O program with one input drawn by its own generator and the output it gives (drawn in
   `codeio.py`). Hiding the output asks for an output prediction, checked by reasoning-gym's scorer;
   hiding the input asks for an input prediction, right iff it is the recorded input or main_solution
   maps it to the output.
+
+Whatever runs model-written code (`verify`, `score_many`, the rule critic) goes through `sandbox.judge`:
+the program runs sandboxed and serves its functions; the tests run in the judge, a process that holds
+no model code, on plain values rebuilt there. The problem's own prompt (HumanEval's helpers, such as
+`poly`) is the judge's prelude, so a solution that redefines a helper the tests use changes nothing.
 
 Splits: HumanEval problems by a permutation seeded with `split_seed` (the first `heldout_share` of it is
 held out: 66 of 164 by default, the same for every run seed); CodeI/O programs by a hash of their code,
@@ -32,37 +37,15 @@ from alive_exp.domains.base import MASK, Critique, Document, Domain, Task, check
 
 SOURCES = ("humaneval", "codeio")
 _FENCE = re.compile(r"```[ \t]*[\w+-]*[ \t]*\n(.*?)(?:```|\Z)", re.S)
-# A result must be a plain value: an object whose __eq__ always says True would otherwise pass every assert.
-# Harness code is compiled under its own file name, so tracebacks (and the critic) point at the solution.
-_GUARD = """
-def _plain(x):
-    t = type(x)
-    if t in (list, tuple, set, frozenset):
-        return all(_plain(v) for v in x)
-    if t is dict:
-        return all(_plain(k) and _plain(v) for k, v in x.items())
-    return t in (int, float, complex, str, bytes, bool, type(None))
-
-
-def _guarded(f):
-    def call(*args, **kwargs):
-        out = f(*args, **kwargs)
-        if not _plain(out):
-            raise TypeError(f"{f.__name__} returned an object of type {type(out).__name__}, not a plain value")
-        return out
-    return call
-"""
+# The judge's test of an input prediction: the answer is parsed there (data, never code) and main_solution,
+# the document's own program, is called in the sandbox with it.
 _INPUT_CHECK = """
-import json as _json
-_got = _json.loads(_json.dumps(main_solution(**_json.loads(_answer))))
-assert _got == _json.loads(_output), "main_solution returns " + _json.dumps(_got)[:120] + ", not the given output"
+import json
+_args = json.loads(ANSWER)
+assert type(_args) is dict, "the input must be one JSON object keyed by main_solution's parameters"
+_got = json.loads(json.dumps(main_solution(**_args)))
+assert _got == json.loads(OUTPUT), "main_solution returns " + json.dumps(_got)[:120] + ", not the given output"
 """
-
-
-def _harness(source: str, name: str, **values: str) -> str:
-    """Run `source` in the program's namespace under file name `name`, with `values` bound first."""
-    bind = "".join(f"{k} = {v!r}\n" for k, v in values.items())
-    return f"{bind}exec(compile({source!r}, {name!r}, 'exec'))\n"
 
 
 @lru_cache(maxsize=1)
@@ -240,7 +223,8 @@ class CodeDomain(Domain):
         return Task(
             id=f"{doc.id}@{start}", domain=self.name, prompt=prompt, reference=span, doc_id=doc.id,
             meta={"kind": "fill", "program": template, "indent": indent, "tests": doc.meta["tests"],
-                  "entry_point": doc.meta["entry_point"], "solution": as_answer(relative, self.answer_prefix)},
+                  "entry_point": doc.meta["entry_point"], "prelude": text[: doc.meta["body_start"]],
+                  "solution": as_answer(relative, self.answer_prefix)},
         )
 
     def function_task(self, task_id: str, prompt: str, stub: str, reference: str, tests: str,
@@ -250,7 +234,7 @@ class CodeDomain(Domain):
         return Task(
             id=task_id, domain=self.name, prompt=prompt, reference=reference,
             meta={"kind": "function", "program": stub + MASK, "tests": tests, "entry_point": entry_point,
-                  "solution": f"{self.answer_prefix}\n```python\n{code}\n```"},
+                  "prelude": stub, "solution": f"{self.answer_prefix}\n```python\n{code}\n```"},
         )
 
     # -- solver ---------------------------------------------------------------------------------
@@ -271,8 +255,8 @@ class CodeDomain(Domain):
             line = line[1:-1].strip()
         return line or None
 
-    def _plan(self, task: Task, answer: str) -> bool | str:
-        """The verdict when no run is needed, else the program whose clean run proves `answer` right."""
+    def _plan(self, task: Task, answer: str) -> bool | tuple[str, sandbox.Tests]:
+        """The verdict when no run is needed, else the program and the tests the judge runs against it."""
         kind = task.meta.get("kind")
         if kind is None:
             return _same_code(answer, task.reference)
@@ -285,18 +269,26 @@ class CodeDomain(Domain):
             except Exception:  # the scorer or json on garbage: a wrong answer, never a crash
                 return False
         program = self._program(task, answer)
-        return False if _syntax_error(program) else program
+        return False if _syntax_error(program) else (program, self._tests(task, answer))
 
-    def _program(self, task: Task, answer: str) -> str:
+    @staticmethod
+    def _program(task: Task, answer: str) -> str:
+        """What runs in the sandbox: the model's code in its place (or, for an input prediction, the document's)."""
+        return task.meta["code"] if task.meta["kind"] == "predict_input" else fill(task, answer)
+
+    @staticmethod
+    def _tests(task: Task, answer: str) -> sandbox.Tests:
+        """What the judge runs: trusted code only; the answer enters an input check as a string literal."""
         meta = task.meta
         if meta["kind"] == "predict_input":
-            return meta["code"] + "\n\n" + _harness(_INPUT_CHECK, "check.py", _answer=answer, _output=meta["output"])
+            bind = f"ANSWER = {answer!r}\nOUTPUT = {meta['output']!r}\n"
+            return sandbox.Tests(bind + _INPUT_CHECK, calls=("main_solution",))
         entry = meta.get("entry_point")
-        guard = _harness(_GUARD, "guard.py") + f"{entry} = _guarded({entry})\n" if entry else ""
-        return "\n\n".join([fill(task, answer), guard, meta["tests"]])
+        prelude = meta.get("prelude", meta["program"].split(MASK)[0] if meta["kind"] == "function" else "")
+        return sandbox.Tests(meta["tests"], prelude=prelude, calls=(entry,) if entry else ())
 
-    def _run(self, program: str) -> sandbox.SandboxResult:
-        return sandbox.run_python(program, timeout_s=self.timeout_s, memory_mb=self.memory_mb)
+    def _run(self, plan: tuple[str, sandbox.Tests]) -> sandbox.SandboxResult:
+        return sandbox.judge(*plan, timeout_s=self.timeout_s, memory_mb=self.memory_mb)
 
     def verify(self, prediction: str, reference: str, *, task: Task | None = None) -> bool:
         if not isinstance(prediction, str) or not prediction.strip():
@@ -308,9 +300,9 @@ class CodeDomain(Domain):
         """Every program that must run goes through the sandbox at once, in parallel."""
         answers = [self.extract_answer(c) for c in completions]
         plans = [self._plan(t, a) if a else False for t, a in zip(tasks, answers, strict=True)]
-        programs = [p for p in plans if isinstance(p, str)]
-        results = iter(sandbox.run_many(programs, timeout_s=self.timeout_s, memory_mb=self.memory_mb) if programs else [])
-        return [(next(results).passed if isinstance(p, str) else p, a) for p, a in zip(plans, answers)]
+        runs = [p for p in plans if isinstance(p, tuple)]
+        results = iter(sandbox.judge_many(runs, timeout_s=self.timeout_s, memory_mb=self.memory_mb) if runs else [])
+        return [(next(results).passed if isinstance(p, tuple) else p, a) for p, a in zip(plans, answers)]
 
     def solution_text(self, task: Task) -> str:
         return task.meta.get("solution") or as_answer(task.reference, self.answer_prefix)
@@ -324,9 +316,9 @@ class CodeDomain(Domain):
                     "or in a ```python block for several lines.")
             return Critique(f"{text}\n{verdict_line(False)}", False)
         plan = self._plan(task, answer)
-        if isinstance(plan, str):
+        if isinstance(plan, tuple):
             result = self._run(plan)
-            ok, problem = result.passed, self._failure(result, plan)
+            ok, problem = result.passed, self._failure(result, plan[0], show_tests=task.meta["kind"] != "predict_input")
         else:
             ok, problem = plan, self._offline_problem(task, answer)
         if ok:
@@ -363,21 +355,28 @@ class CodeDomain(Domain):
             return f"main_solution returns {len(want)} elements here, not {len(got)}; trace the loop again."
         return f"The predicted output `{_trim(answer, 80)}` is not what main_solution returns for this input; trace the code again."
 
-    def _failure(self, result: sandbox.SandboxResult, program: str) -> str:
-        """What a failed run says, in words: timeout, the failing assertion, or the error and its line."""
+    def _failure(self, result: sandbox.SandboxResult, program: str, show_tests: bool = True) -> str:
+        """What a failed run says, in words: timeout, the failing check, or the error and its line. The
+        judge's account comes first; the program's own traceback only says why it stopped answering."""
         if result.timed_out:
             return f"The program did not finish within {self.timeout_s:g} s: an infinite loop or a far too slow algorithm."
+        failure, source = result.failure, program.splitlines()
+        if failure and failure.kind == "check":
+            detail = failure.message.partition(":")[2].strip()
+            where = f": `{_trim(failure.test_line)}`" if failure.test_line and show_tests else ""
+            return f"A check fails{where}" + (f" ({_trim(detail)})" if detail else "") + "."
+        if failure and failure.kind in ("raised", "error"):
+            line = failure.program_line
+            where = source[line - 1].strip() if 0 < line <= len(source) else failure.test_line
+            return f"Running the program raises {_trim(failure.message)}" + (f" at `{_trim(where)}`" if where else "") + "."
         lines = result.stderr.strip().splitlines()
         error = lines[-1].strip() if lines else ""
-        source = program.splitlines()
         frames = [int(n) for n in re.findall(r'File "main\.py", line (\d+)', result.stderr) if 0 < int(n) <= len(source)]
-        frames = [n for n in frames if not source[n - 1].startswith("exec(compile(")]  # harness, not the solution
         where = source[frames[-1] - 1].strip() if frames else ""
-        if error.startswith("AssertionError"):
-            detail = error.partition(":")[2].strip()
-            return "A check fails" + (f": `{_trim(where)}`" if where else "") + (f" ({_trim(detail)})" if detail else "") + "."
         if error:
             return f"Running the program raises {_trim(error)}" + (f" at `{_trim(where)}`" if where else "") + "."
+        if failure and failure.kind == "lost":
+            return f"The tests could not finish: {failure.message}."
         return f"The program stopped before the tests finished ({result.reason})."
 
     # -- evaluation -----------------------------------------------------------------------------

@@ -1,0 +1,245 @@
+"""The judge: trusted code that decides a judged run's verdict, in a process that holds no model code.
+
+A judged run (`sandbox.judge`) is two processes that share one socket and nothing else:
+
+- the program, sandboxed as ever: the model's code runs to its end, then `serve` answers calls to its
+  functions over the socket;
+- the judge, forked by the launcher under a uid of its own, not dumpable (no ptrace, no /proc/<pid>/mem,
+  fd or environ for anyone but root), with no descriptor of the program's: it runs the trusted tests, and
+  every call to a function of the program (the candidate, the entry point) goes over the socket.
+
+Only plain values cross: None, bool, int, float, complex, str, bytes, and lists, tuples, sets, frozensets
+and dicts of them, as tagged JSON. The judge builds them afresh (`decode`), so no object of the program's
+(a rigged `__eq__`, a raising `__hash__`) ever reaches a comparison in the tests. What the program
+prints, its exit status, its atexit hooks and whatever it writes to its descriptors decide nothing: the
+verdict is the judge's, written to a pipe only the judge holds, with the per-run token it was handed.
+
+This module is stdlib-only source: the launcher runs it (in the judge) and `sandbox` prepends it to the
+program's runner (for `serve`), both under `python -I`, where alive_exp cannot be imported.
+"""
+
+import builtins
+import json
+import os
+
+MAX_MESSAGE = 8 << 20  # bytes in one call or reply; more is a broken run, never a long wait
+VERDICT_CHARS = 2000  # per text field of the verdict, which must fit a pipe's buffer in one write
+_NOT_JUDGEABLE = (SystemExit, KeyboardInterrupt, GeneratorExit)  # raised by the solution: never what a test expects
+
+
+def encode(x, name="the function"):
+    """x as JSON-ready data; a TypeError for anything but a plain value (the type rule of every judged run)."""
+    t = type(x)
+    if x is None or t in (bool, int, float, str):
+        return x
+    if t is list:
+        return [encode(v, name) for v in x]
+    if t is tuple:
+        return {"t": [encode(v, name) for v in x]}
+    if t is set or t is frozenset:
+        return {"s" if t is set else "f": [encode(v, name) for v in x]}
+    if t is dict:
+        return {"d": [[encode(k, name), encode(v, name)] for k, v in x.items()]}
+    if t is bytes:
+        return {"b": x.hex()}
+    if t is complex:
+        return {"c": [x.real, x.imag]}
+    raise TypeError(f"{name} returned an object of type {t.__name__}, not a plain value" if name else
+                    f"an object of type {t.__name__} is not a plain value")
+
+
+def _plain(obj):
+    """json's object hook: a tagged object back to the plain value it stands for, built here."""
+    if len(obj) == 1:
+        ((tag, v),) = obj.items()
+        if type(v) is list:
+            if tag == "t":
+                return tuple(v)
+            if tag == "s":
+                return set(v)
+            if tag == "f":
+                return frozenset(v)
+            if tag == "d" and all(type(p) is list and len(p) == 2 for p in v):
+                return dict(v)
+            if tag == "c" and len(v) == 2 and all(type(n) in (int, float) for n in v):
+                return complex(*v)
+        elif tag == "b" and type(v) is str:
+            return bytes.fromhex(v)
+    raise ValueError("not a plain value")
+
+
+def decode(data):
+    return json.loads(data, object_hook=_plain)
+
+
+def send(fd, message):
+    data = json.dumps(message).encode()
+    if len(data) > MAX_MESSAGE:
+        raise ValueError(f"a message of {len(data)} bytes (at most {MAX_MESSAGE})")
+    view = memoryview(len(data).to_bytes(4, "big") + data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _read(fd, n):
+    chunks = []
+    while n:
+        chunk = os.read(fd, min(n, 1 << 20))
+        if not chunk:
+            raise EOFError
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+def receive(fd):
+    """One message; EOFError when the other side has hung up, ValueError/TypeError when it is not one."""
+    size = int.from_bytes(_read(fd, 4), "big")
+    if size > MAX_MESSAGE:
+        raise ValueError(f"a message of {size} bytes (at most {MAX_MESSAGE})")
+    return decode(_read(fd, size))
+
+
+# -- the program's side: untrusted process, so nothing here is relied on -----------------------------
+def serve(fd, namespace, filename):
+    """Answer the judge's calls to functions in `namespace` until it hangs up."""
+    while True:
+        try:
+            name, args, kwargs = receive(fd)
+        except EOFError:
+            return
+        try:
+            if name not in namespace:
+                raise NameError(f"name {name!r} is not defined")
+            send(fd, ["value", encode(namespace[name](*args, **kwargs), name)])
+            continue
+        except BaseException as exc:  # the judge decides what a raised exception means
+            tb, line = exc.__traceback__, 0
+            while tb is not None:
+                if tb.tb_frame.f_code.co_filename == filename:
+                    line = tb.tb_lineno
+                tb = tb.tb_next
+            try:
+                text = str(exc)[:VERDICT_CHARS]
+            except BaseException:
+                text = ""
+            kind = type(exc).__name__
+        send(fd, ["raised", kind, text, line])
+
+
+# -- the judge's side: trusted ------------------------------------------------------------------------
+class Lost(BaseException):
+    """The program cannot be judged any further (it hung up, sent no reply, or the tests passed it what
+    cannot cross). A BaseException, so a test's `except Exception` cannot swallow it, and sticky besides."""
+
+
+class RemoteError(Exception):
+    """An exception the solution raised whose class is not a builtin one."""
+
+
+class Program:
+    """The program's end of the socket, as callables the tests use like the functions themselves."""
+
+    def __init__(self, fd):
+        self.fd, self.lost, self.raised = fd, "", None  # raised: (exception, its name, text, program line)
+
+    def function(self, name):
+        def call(*args, **kwargs):
+            return self.call(name, args, kwargs)
+
+        call.__name__ = call.__qualname__ = name
+        return call
+
+    def call(self, name, args, kwargs):
+        if self.lost:
+            raise Lost(self.lost)
+        try:
+            message = [name, encode(args, ""), encode(kwargs, "")]
+        except TypeError as exc:
+            return self._lose(f"the tests pass {name} a value that cannot cross to the sandbox ({exc})")
+        try:
+            send(self.fd, message)
+            reply = receive(self.fd)
+        except (EOFError, OSError):
+            return self._lose(f"the program stopped answering a call to {name}")
+        except Exception as exc:  # not a message: size, JSON, tags
+            return self._lose(f"the program answered a call to {name} with something other than a plain value ({type(exc).__name__})")
+        if type(reply) is list and len(reply) == 2 and reply[0] == "value":
+            return reply[1]
+        if not (type(reply) is list and len(reply) == 4 and reply[0] == "raised" and type(reply[1]) is str
+                and type(reply[2]) is str and type(reply[3]) is int):
+            return self._lose(f"the program answered a call to {name} with something other than a reply")
+        _, kind, text, line = reply
+        cls = getattr(builtins, kind, None)
+        if isinstance(cls, type) and issubclass(cls, _NOT_JUDGEABLE):
+            return self._lose(f"{name} raised {kind}" + (f": {text}" if text else ""))
+        exc = None
+        if isinstance(cls, type) and issubclass(cls, Exception):
+            try:
+                exc = cls(text)
+            except Exception:  # e.g. UnicodeDecodeError wants five arguments
+                exc = None
+        exc = exc if exc is not None else RemoteError(f"{kind}: {text}")
+        self.raised = (exc, kind, text, line)
+        raise exc
+
+    def _lose(self, why):
+        self.lost = why
+        raise Lost(why)
+
+
+def _names(code):
+    """Every name a code object and the ones nested in it look up (globals and attributes alike)."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if hasattr(const, "co_names"):
+            names |= _names(const)
+    return names
+
+
+def _line(exc, filename, source):
+    """The last line of `source` (compiled as `filename`) in exc's traceback."""
+    tb, line = exc.__traceback__, ""
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == filename:
+            lines = source.splitlines()
+            line = lines[tb.tb_lineno - 1].strip() if 0 < tb.tb_lineno <= len(lines) else ""
+        tb = tb.tb_next
+    return line
+
+
+def verdict(spec, fd):
+    """Run the spec's prelude and tests against the program behind fd; the verdict as a dict."""
+    program, ns = Program(fd), {"__name__": "__main__", "__builtins__": builtins}
+    try:
+        exec(compile(spec["prelude"], "prelude.py", "exec"), ns)
+        tests = compile(spec["source"], "tests.py", "exec")
+        remote = set(spec["calls"]) | {n for n in _names(tests) if n not in ns and not hasattr(builtins, n)}
+        ns.update({n: program.function(n) for n in remote})
+        exec(tests, ns)
+    except BaseException as exc:
+        if program.lost:
+            return {"passed": False, "kind": "lost", "message": program.lost}
+        if program.raised and exc is program.raised[0]:
+            _, kind, text, line = program.raised
+            return {"passed": False, "kind": "raised", "message": f"{kind}: {text}" if text else kind,
+                    "program_line": line}
+        text = str(exc)
+        return {"passed": False, "kind": "check" if isinstance(exc, AssertionError) else "error",
+                "message": f"{type(exc).__name__}: {text}" if text else type(exc).__name__,
+                "test_line": _line(exc, "tests.py", spec["source"]) or _line(exc, "prelude.py", spec["prelude"])}
+    if program.lost:  # the tests swallowed the Lost itself
+        return {"passed": False, "kind": "lost", "message": program.lost}
+    return {"passed": True, "kind": "passed", "message": ""}
+
+
+def judge(spec_fd, sock_fd, verdict_fd):
+    """The judge's whole life: read the spec, judge, hang up on the program, write the verdict."""
+    with os.fdopen(spec_fd, "rb") as f:
+        spec = json.loads(f.read())
+    try:
+        found = verdict(spec, sock_fd)
+    finally:
+        os.close(sock_fd)  # the program sees EOF and ends
+    found = {k: v[:VERDICT_CHARS] if type(v) is str else v for k, v in found.items()}
+    os.write(verdict_fd, json.dumps({"token": spec["token"], **found}).encode())
