@@ -44,7 +44,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from alive_exp import domains
-    from alive_exp.logprobs import _batch, token_logprobs
+    from alive_exp.logprobs import pad_batch, token_logprobs
     from alive_exp.losses import Sample
     from alive_exp.roles import RoleTemplates
     from alive_exp.rollout import Generator
@@ -92,7 +92,7 @@ def main() -> None:
         total = sum(len(s.completion_ids) for s in batch)
         for i in range(0, len(batch), 32):
             chunk = batch[i:i + 32]
-            ids, attn, mask = _batch(chunk, tok.pad_token_id, torch.device("cpu"))
+            ids, attn, mask = pad_batch(chunk, tok.pad_token_id, torch.device("cpu"))
             adv = torch.tensor([s.advantage for s in chunk]).unsqueeze(1)
             (-(adv * token_logprobs(model, ids, attn) * mask).sum() / total).backward()
         if batch:

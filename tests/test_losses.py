@@ -1,11 +1,12 @@
 """The loss every role trains with, checked against exact values on models small enough to enumerate.
 
 - padding: right-padding a sequence into a batch leaves its log-probs unchanged;
-- normalisation: micro-batches, each divided by the role's total tokens, give the gradient of one big batch;
+- normalisation: micro-batches, each sample divided by its norm (`normalise`), give the gradient of one big
+  batch; each loss type's norms by hand (against TRL itself: tests/test_trl_parity.py);
 - KL: the k3 term's value is an unbiased estimate of KL(pi || pi_ref) under samples from pi, and its
   gradient (samples held fixed, no score-function term) is an unbiased estimate of grad KL(pi_ref || pi):
   checked exactly by weighting every token of a small vocabulary by pi;
-- advantages: GRPO, RLOO and the pooled batch baseline against hand-computed values;
+- advantages: GRPO, RLOO, batch std and the pooled baseline against hand-computed values;
 - the merged generation copy gives the PEFT model's logits for each role's adapter.
 """
 
@@ -18,7 +19,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from alive_exp.logprobs import _batch, token_logprobs
+from alive_exp.logprobs import pad_batch, token_logprobs
 from alive_exp.losses import Sample, group_advantages, role_loss
 
 VOCAB, PAD = 7, 0
@@ -47,6 +48,13 @@ def lm():
     return Qwen2ForCausalLM(cfg).eval()
 
 
+def _normed(samples: list[Sample], total: float) -> list[Sample]:
+    """`samples` with every sample's summed loss divided by `total`: dapo's norm in a step of `total` tokens."""
+    for s in samples:
+        s.loss_norm = total
+    return samples
+
+
 def _samples(n: int, seed: int = 0) -> list[Sample]:
     g = torch.Generator().manual_seed(seed)
     out = []
@@ -59,7 +67,7 @@ def _samples(n: int, seed: int = 0) -> list[Sample]:
 
 def test_padding_leaves_logprobs_unchanged(lm):
     samples = _samples(5)
-    ids, attn, mask = _batch(samples, PAD, torch.device("cpu"))
+    ids, attn, mask = pad_batch(samples, PAD, torch.device("cpu"))
     batched = token_logprobs(lm, ids, attn)
     for i, s in enumerate(samples):
         x = s.prompt_ids + s.completion_ids
@@ -73,7 +81,7 @@ def _grad(model, chunks: list[list[Sample]], total: int, **kw) -> tuple[torch.Te
     model.zero_grad(set_to_none=True)
     value = 0.0
     for chunk in chunks:
-        loss, _ = role_loss(model, chunk, pad_id=PAD, clip_eps=0.2, kl_coef=0.0, total_tokens=total, **kw)
+        loss, _ = role_loss(model, _normed(chunk, total), pad_id=PAD, clip_eps=0.2, kl_coef=0.0, **kw)
         loss.backward()
         value += float(loss.detach())
     grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
@@ -96,7 +104,7 @@ def test_loss_is_token_level_policy_gradient_plus_weighted_nll():
     model = Bigram()
     s = [Sample("solver", [1, 2], [3, 4, 5], advantage=0.7), Sample("solver", [2], [6], advantage=-0.3, nll_weight=2.0)]
     total = 10  # the role's tokens in the whole step, more than in this micro-batch
-    loss, info = role_loss(model, s, pad_id=PAD, clip_eps=0.2, kl_coef=0.0, total_tokens=total)
+    loss, info = role_loss(model, _normed(s, total), pad_id=PAD, clip_eps=0.2, kl_coef=0.0)
     loss.backward()
     got = model.table.grad.clone()
     model.zero_grad()
@@ -121,7 +129,7 @@ def test_kl_term_value_and_gradient_against_exact_kl():
         s = [Sample("solver", [prev], [x])]
         ref = torch.zeros(1, 2)
         ref[0, 1] = ref_logp[x]
-        loss, info = role_loss(policy, s, pad_id=PAD, clip_eps=0.2, kl_coef=1.0, total_tokens=1, reference_logps=ref)
+        loss, info = role_loss(policy, _normed(s, 1), pad_id=PAD, clip_eps=0.2, kl_coef=1.0, reference_logps=ref)
         (pi[x] * loss).backward()  # E_{x ~ pi}[k3(x)] with the sampling weights held fixed
         value = value + pi[x] * info["kl"]
     got_grad = policy.table.grad[prev].clone()
@@ -143,7 +151,7 @@ def test_kl_is_zero_at_the_reference():
     s = [Sample("solver", [1, 2], [3, 4])]
     with torch.no_grad():
         ref = token_logprobs(policy, torch.tensor([[1, 2, 3, 4]]), torch.ones(1, 4, dtype=torch.long))
-    loss, info = role_loss(policy, s, pad_id=PAD, clip_eps=0.2, kl_coef=1.0, total_tokens=2, reference_logps=ref)
+    loss, info = role_loss(policy, _normed(s, 2), pad_id=PAD, clip_eps=0.2, kl_coef=1.0, reference_logps=ref)
     assert info["kl"] == pytest.approx(0.0, abs=1e-7)
     loss.backward()
     assert policy.table.grad.abs().max() < 1e-6
@@ -165,12 +173,43 @@ def test_rloo_advantages():
     assert group_advantages([[1.0]], "rloo", False) == [[0.0]]
 
 
-def test_batch_advantages_pool_every_group():
-    adv = group_advantages([[1.0, 1.0], [0.0, 0.0]], "batch", scale_by_std=False)
+def test_pooled_advantages_pool_every_group_and_batch_keeps_each_groups_mean():
+    adv = group_advantages([[1.0, 1.0], [0.0, 0.0]], "pooled", scale_by_std=False)
     assert adv == [[0.5, 0.5], [-0.5, -0.5]]  # per group (grpo) both groups would be all zero
     assert group_advantages([[1.0, 1.0], [0.0, 0.0]], "grpo", False) == [[0.0, 0.0], [0.0, 0.0]]
+    # batch: each group's own mean, the whole batch's std (TRL's scale_rewards="batch")
+    groups = [[1.0, 0.0], [3.0, 3.0, 0.0]]
+    flat = [1.0, 0.0, 3.0, 3.0, 0.0]
+    m = sum(flat) / 5
+    std = math.sqrt(sum((r - m) ** 2 for r in flat) / 4)
+    want = [[0.5 / (std + 1e-4), -0.5 / (std + 1e-4)], [1.0 / (std + 1e-4), 1.0 / (std + 1e-4), -2.0 / (std + 1e-4)]]
+    got = group_advantages(groups, "batch", True)
+    assert [x for g in got for x in g] == pytest.approx([x for g in want for x in g])
+    assert group_advantages(groups, "batch", False) == group_advantages(groups, "grpo", False)
+    # one group: batch and pooled agree (the reviewer's single per-role group)
+    assert group_advantages([flat], "batch", True)[0] == pytest.approx(group_advantages([flat], "pooled", True)[0])
     with pytest.raises(KeyError, match="unknown advantage estimator"):
         group_advantages([[1.0]], "ppo", False)
+
+
+def test_each_loss_type_divides_by_its_count():
+    """The norms of `normalise`, by hand: T = 9 tokens, N = 4 samples, 2 local batches of 2 (bnpo)."""
+    from alive_exp.losses import LOSS_TYPES, local_counts, normalise
+
+    samples = [Sample("solver", [1], [2] * n) for n in (1, 2, 4, 2)]
+    want = {"dapo": [9, 9, 9, 9], "grpo": [4, 8, 16, 8], "dr_grpo": [20, 20, 20, 20], "bnpo": [6, 6, 12, 12]}
+    assert set(want) == set(LOSS_TYPES)
+    for loss_type, norms in want.items():
+        normalise(samples, loss_type, batch_size=2, max_tokens=5)
+        assert [s.loss_norm for s in samples] == norms, loss_type
+    # across 2 processes: the global counts, each norm over the number of processes the reducer averages
+    assert local_counts(samples, 2) == [9.0, 4.0, 2.0]
+    normalise(samples, "dapo", batch_size=2, max_tokens=5, totals=[20.0, 9.0, 5.0], processes=2)
+    assert [s.loss_norm for s in samples] == [10.0] * 4
+    with pytest.raises(ValueError, match="reward.loss_type='sum'"):
+        normalise(samples, "sum", batch_size=2, max_tokens=5)
+    with pytest.raises(ValueError, match="losses.normalise"):
+        role_loss(Bigram(), [Sample("solver", [1], [2])], pad_id=PAD, clip_eps=0.2, kl_coef=0.0)
 
 
 def test_merged_copy_matches_the_peft_forward(lm):
@@ -236,11 +275,11 @@ def test_the_learner_scores_at_the_sampling_temperature():
     """role_loss at temperature T is the loss of the policy softmax(logits / T), the one the sampler drew from."""
     model = Bigram(seed=4)
     s = [Sample("solver", [1, 2], [3, 4, 5], advantage=0.7, nll_weight=0.3)]
-    loss, info = role_loss(model, s, pad_id=PAD, clip_eps=0.2, kl_coef=0.0, total_tokens=3, temperature=0.5)
+    loss, info = role_loss(model, _normed(s, 3), pad_id=PAD, clip_eps=0.2, kl_coef=0.0, temperature=0.5)
     logp = torch.log_softmax(model.table / 0.5, -1)
     want = -float(logp[2, 3] + logp[3, 4] + logp[4, 5]) / 3
     assert info["nll"] == pytest.approx(want, rel=1e-5)
-    plain, _ = role_loss(model, s, pad_id=PAD, clip_eps=0.2, kl_coef=0.0, total_tokens=3)
+    plain, _ = role_loss(model, _normed(s, 3), pad_id=PAD, clip_eps=0.2, kl_coef=0.0)
     assert float(plain) != pytest.approx(float(loss))
 
 
@@ -254,7 +293,7 @@ def _grouped(n: int, plen: int, seed: int = 0) -> list[Sample]:
 
 def _role_grads(lm, samples, share: bool):
     lm.zero_grad()
-    loss, _ = role_loss(lm, samples, pad_id=PAD, clip_eps=0.2, kl_coef=0.0, total_tokens=40, share_prefix=share)
+    loss, _ = role_loss(lm, _normed(samples, 40), pad_id=PAD, clip_eps=0.2, kl_coef=0.0, share_prefix=share)
     loss.backward()
     return [p.grad.clone() for p in lm.parameters()]
 
@@ -263,7 +302,7 @@ def test_shared_prefix_pass_gives_the_plain_logprobs_and_gradient(lm):
     from alive_exp.logprobs import prefix_groups, shared_prefix_logprobs
 
     samples = _grouped(6, 12)
-    ids, attn, mask = _batch(samples, PAD, torch.device("cpu"))
+    ids, attn, mask = pad_batch(samples, PAD, torch.device("cpu"))
     plain = token_logprobs(lm, ids, attn) * mask
     shared = shared_prefix_logprobs(lm, samples, PAD) * mask
     assert shared.shape == plain.shape and torch.allclose(shared, plain, atol=1e-5)
@@ -283,7 +322,7 @@ def test_shared_prefix_pass_gives_the_plain_logprobs_and_gradient(lm):
     assert sum(any(s.group == "task 1" for s in c) for c in chunks) == 1  # 3 samples: never split
     # one call over several groups, each with its own prefix and positions, equals the plain pass
     mixed = samples[:3] + other + lone[:2]
-    ids, attn, mask = _batch(mixed, PAD, torch.device("cpu"))
+    ids, attn, mask = pad_batch(mixed, PAD, torch.device("cpu"))
     plain = token_logprobs(lm, ids, attn) * mask
     packed = shared_prefix_logprobs(lm, mixed, PAD) * mask
     assert torch.allclose(packed, plain, atol=1e-5), (packed - plain).abs().max()
@@ -293,7 +332,8 @@ def test_shared_prefix_pass_gives_the_plain_logprobs_and_gradient(lm):
 
 def test_a_second_ppo_epoch_scores_against_the_stored_log_probs_and_the_clip_binds(lm):
     samples = _samples(6)
-    kw = dict(pad_id=PAD, clip_eps=1e-3, kl_coef=0.0, total_tokens=40)
+    kw = dict(pad_id=PAD, clip_eps=1e-3, kl_coef=0.0)
+    _normed(samples, 40)
     _, first = role_loss(lm, samples, **kw)
     assert first["clipped"] == 0.0 and all(s.old_logps is not None for s in samples)  # ratio 1 everywhere
     stored = [s.old_logps.clone() for s in samples]
@@ -306,7 +346,7 @@ def test_a_second_ppo_epoch_scores_against_the_stored_log_probs_and_the_clip_bin
     assert 0 < second["clipped"] <= pg_tokens
     # at clip_eps 0 the clip takes exactly the tokens whose ratio moved in the advantage's direction
     _, third = role_loss(lm, samples, **{**kw, "clip_eps": 0.0})
-    ids, attn, _ = _batch(samples, PAD, torch.device("cpu"))
+    ids, attn, _ = pad_batch(samples, PAD, torch.device("cpu"))
     with torch.no_grad():
         logp = token_logprobs(lm, ids, attn)
     moved = sum(int(((logp[i, len(s.prompt_ids):len(s.prompt_ids) + len(s.completion_ids)] - s.old_logps)
@@ -318,8 +358,8 @@ def test_the_entropy_metric_is_the_full_distributions_on_the_sampled_rows(lm):
     from alive_exp.logprobs import ENTROPY_EVERY
 
     samples = _samples(9)
-    ids, attn, mask = _batch(samples, PAD, torch.device("cpu"))
-    _, info = role_loss(lm, samples, pad_id=PAD, clip_eps=0.2, kl_coef=0.0, total_tokens=40, temperature=0.7)
+    ids, attn, mask = pad_batch(samples, PAD, torch.device("cpu"))
+    _, info = role_loss(lm, _normed(samples, 40), pad_id=PAD, clip_eps=0.2, kl_coef=0.0, temperature=0.7)
     with torch.no_grad():
         p = torch.softmax(lm(input_ids=ids, attention_mask=attn).logits[:, :-1].float() / 0.7, -1)
     exact = -(p * p.log()).sum(-1)  # at position t - 1: the distribution of token t
@@ -345,7 +385,7 @@ def test_chunked_per_row_logprobs_equal_the_full_computation(lm, monkeypatch):
     peft = get_peft_model(copy.deepcopy(lm), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
                                                         init_lora_weights=False))
     samples = _samples(9, seed=2)
-    ids, attn, mask = _batch(samples, PAD, torch.device("cpu"))
+    ids, attn, mask = pad_batch(samples, PAD, torch.device("cpu"))
     want = _full_logprobs(peft, ids, attn, 0.7) * mask
     projected = []
     head = peft.get_base_model().get_output_embeddings()
@@ -355,7 +395,7 @@ def test_chunked_per_row_logprobs_equal_the_full_computation(lm, monkeypatch):
         peft.zero_grad()
         for s in samples:
             s.old_logps = None
-        loss, info = role_loss(peft, samples, pad_id=PAD, clip_eps=0.2, kl_coef=0.0, total_tokens=40,
+        loss, info = role_loss(peft, _normed(samples, 40), pad_id=PAD, clip_eps=0.2, kl_coef=0.0,
                                temperature=0.7, share_prefix=share)
         loss.backward()
         return [p.grad.clone() for p in peft.parameters() if p.grad is not None], info
@@ -388,7 +428,7 @@ def test_the_warm_starts_likelihood_is_the_cross_entropy_of_the_completions(lm):
     from alive_exp.losses import likelihood_loss
 
     samples = _samples(6, seed=4)
-    ids, attn, mask = _batch(samples, PAD, torch.device("cpu"))
+    ids, attn, mask = pad_batch(samples, PAD, torch.device("cpu"))
     labels = torch.where(mask > 0, ids, -100)[:, 1:]
     logits = lm(input_ids=ids, attention_mask=attn).logits[:, :-1]
     want = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), reduction="sum")
@@ -405,7 +445,7 @@ def test_truncated_importance_sampling_weights_each_token_by_the_capped_ratio():
     s = Sample("solver", [1, 2], [3, 4, 5], advantage=0.7)
     p = [float(logp[2, 3]), float(logp[3, 4]), float(logp[4, 5])]
     s.sampler_logps = [p[0] - math.log(2), p[1] + math.log(2), p[2] - math.log(10)]
-    loss, _ = role_loss(model, [s], pad_id=PAD, clip_eps=0.2, kl_coef=0.0, total_tokens=3, tis_cap=3.0)
+    loss, _ = role_loss(model, _normed([s], 3), pad_id=PAD, clip_eps=0.2, kl_coef=0.0, tis_cap=3.0)
     loss.backward()
     got = model.table.grad.clone()
     model.zero_grad()
@@ -414,6 +454,6 @@ def test_truncated_importance_sampling_weights_each_token_by_the_capped_ratio():
     torch.testing.assert_close(got, model.table.grad)
     model.zero_grad()
     s.old_logps = None  # without the cap the same sample trains with weight 1 everywhere
-    plain, _ = role_loss(model, [s], pad_id=PAD, clip_eps=0.2, kl_coef=0.0, total_tokens=3)
+    plain, _ = role_loss(model, _normed([s], 3), pad_id=PAD, clip_eps=0.2, kl_coef=0.0)
     plain.backward()
     assert not torch.allclose(model.table.grad, got)

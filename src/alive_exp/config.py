@@ -31,6 +31,7 @@ Schedule = _choices("Schedule", "constant cosine linear")
 Constructor = _choices("Constructor", "learned rule")
 OracleKind = _choices("OracleKind", "rule hf http")
 RolloutEngine = _choices("RolloutEngine", "hf vllm")
+LossType = _choices("LossType", "dapo grpo dr_grpo bnpo")  # TRL's names and meanings (losses.LOSS_TYPES)
 
 
 @dataclass
@@ -86,8 +87,9 @@ class RewardConfig:
     # registries, not enumerations: `rewards.reward_mode` and `losses.advantage` add entries; train.build
     # refuses a name no entry has, naming the registered ones
     mode: str = "scalar"  # scalar | judge | verbal | fcp | sft | any registered mode
-    advantage: str = "grpo"  # grpo | rloo | batch | any registered estimator
+    advantage: str = "grpo"  # grpo | rloo | batch | pooled | any registered estimator
     scale_by_std: bool = True
+    loss_type: LossType = LossType.dapo
     negative_weight: float = 1.0
     clip_eps: float = 0.2
     ppo_epochs: int = 1  # passes (optimizer steps) over each rollout; > 1 makes clip_eps bind

@@ -5,6 +5,9 @@ Design (see docs/scale.md):
   switched per role by PEFT. DDP's reducer assumes one backward per forward over a fixed set of
   parameters, so `ddp` here launches processes and a process group but never wraps the model: `learn`
   averages each optimizer's gradients explicitly (`sync_gradients`) before its step.
+- One normalisation however many processes: the counts a role's loss divides by are summed over ranks
+  before the backward (`global_counts`), so the average over ranks is the gradient one process would
+  compute on every rank's samples (tests/test_ddp.py).
 - Each rank generates on its own shard of documents; every rank takes the same decisions (whether a
   group steps) so the collectives always match, and the adapters stay bit-identical (`ReplicaCheck`).
 - Lightning re-runs the script for the other ranks; under Hydra its command replays `-m` and points at
@@ -207,8 +210,23 @@ def is_sharded(strategy: Any) -> bool:
     return isinstance(strategy, FSDPStrategy)
 
 
+def global_counts(strategy: Any, values: list[float]) -> tuple[list[float], int]:
+    """`values` summed over every process, and the number of processes whose gradients are averaged (1 alone).
+
+    A loss divided by these sums, times the number of processes (`losses.normalise`), makes the average that
+    `sync_gradients` (DDP) or FSDP's reduce-scatter takes equal to the sum over every rank's samples divided
+    by the global count. Every rank calls it for every role every step, as it does `sync_gradients`."""
+    world = int(getattr(strategy, "world_size", 1) or 1)
+    if world == 1 or not (dist.is_available() and dist.is_initialized()):
+        return list(values), 1
+    total = torch.tensor(values, dtype=torch.float64, device=strategy.root_device)
+    dist.all_reduce(total)
+    return total.tolist(), world
+
+
 def sync_gradients(strategy: Any, optimizer: torch.optim.Optimizer, stepped: bool) -> bool:
     """Average the gradients of one optimizer's parameters over ranks; True when any rank has gradients.
+    (Each rank's loss was divided by the global counts over the number of ranks: the mean is the sum.)
 
     Every rank calls this for every optimizer group every step, so the collectives always match even
     when a rank had no samples for a role: its missing gradients count as zeros in the mean, and a

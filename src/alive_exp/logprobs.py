@@ -8,15 +8,21 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
-if TYPE_CHECKING:
-    from alive_exp.losses import Sample
+
+class Scored(Protocol):
+    """What the log-prob path reads of a sample (`losses.Sample` is one): its tokens and its prefix group."""
+
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    group: object
 
 
-def _batch(samples: list[Sample], pad_id: int, device: torch.device):
+def pad_batch(samples: list[Scored], pad_id: int, device: torch.device):
+    """Prompt + completion of each sample, right-padded: token ids, attention mask, completion-token mask."""
     seqs = [s.prompt_ids + s.completion_ids for s in samples]
     width = max(len(x) for x in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
@@ -182,11 +188,11 @@ def token_logprobs(model, ids: torch.Tensor, attn: torch.Tensor, temperature: fl
     other positions get 0), under softmax(logits / temperature): the distribution the sampler drew from, so the
     policy gradient scores what the policy sampled. The vocabulary projection runs only at the scored
     positions, each row's own (a right-padded batch's completions start at different columns), in chunks."""
-    return _token_scores(model, ids, attn, temperature, first)[0]
+    return token_scores(model, ids, attn, temperature, first)[0]
 
 
-def _token_scores(model, ids: torch.Tensor, attn: torch.Tensor, temperature: float = 1.0,
-                  first=1) -> tuple[torch.Tensor, torch.Tensor]:
+def token_scores(model, ids: torch.Tensor, attn: torch.Tensor, temperature: float = 1.0,
+                 first=1) -> tuple[torch.Tensor, torch.Tensor]:
     """`token_logprobs`, and the entropy at each scored position of every ENTROPY_EVERY-th row (no gradient),
     shaped as `ids[::ENTROPY_EVERY]`."""
     rows, cols = _scored_positions(attn, first)
@@ -200,7 +206,7 @@ def _token_scores(model, ids: torch.Tensor, attn: torch.Tensor, temperature: flo
 MIN_SHARED_PREFIX = 8  # fewer prompt tokens saved are not worth a second forward call
 
 
-def common_prefix(samples: list[Sample]) -> int:
+def common_prefix(samples: list[Scored]) -> int:
     """Tokens every sample's prompt starts with, leaving at least one prompt token to each suffix (so every
     completion token is predicted from the suffix pass)."""
     first = samples[0].prompt_ids
@@ -214,21 +220,21 @@ def common_prefix(samples: list[Sample]) -> int:
     return max(n, 0)
 
 
-def _group_key(s: Sample):
+def _group_key(s: Scored):
     return s.group if s.group is not None else tuple(s.prompt_ids)
 
 
-def _length(s: Sample) -> int:
+def _length(s: Scored) -> int:
     return len(s.prompt_ids) + len(s.completion_ids)
 
 
-def prefix_groups(samples: list[Sample], size: int) -> list[list[Sample]]:
+def prefix_groups(samples: list[Scored], size: int) -> list[list[Scored]]:
     """Micro-batches of at most `size` samples made of whole prefix groups: the samples of one `Sample.group`
     (the step sets it: a task's N solutions, the reviews of one task's solutions) or of one identical prompt,
     a group larger than `size` split. Groups are packed together by the length of their longest suffix (what
     the suffix pass pads to: the rest after the group's common prefix), longest first, so one forward call
     serves several groups (a call's fixed cost dominates a tiny model's update) and pads little."""
-    by_group: dict[object, list[Sample]] = {}
+    by_group: dict[object, list[Scored]] = {}
     for s in samples:
         by_group.setdefault(_group_key(s), []).append(s)
     pieces = []
@@ -236,7 +242,7 @@ def prefix_groups(samples: list[Sample], size: int) -> list[list[Sample]]:
         shared = common_prefix(group) if len(group) > 1 else 0
         group.sort(key=_length, reverse=True)
         pieces += [(_length(group[i]) - shared, group[i:i + size]) for i in range(0, len(group), size)]
-    chunks: list[list[Sample]] = []
+    chunks: list[list[Scored]] = []
     for _, piece in sorted(pieces, key=lambda p: p[0], reverse=True):
         if chunks and len(chunks[-1]) + len(piece) <= size:
             chunks[-1] += piece
@@ -245,18 +251,19 @@ def prefix_groups(samples: list[Sample], size: int) -> list[list[Sample]]:
     return chunks
 
 
-def shared_prefix_logprobs(model, samples: list[Sample], pad_id: int, temperature: float = 1.0) -> torch.Tensor:
-    """`token_logprobs` of `_batch(samples)`, computing each prefix group's common prompt prefix once: one
+def shared_prefix_logprobs(model, samples: list[Scored], pad_id: int, temperature: float = 1.0) -> torch.Tensor:
+    """`token_logprobs` of `pad_batch(samples)`, computing each prefix group's common prompt prefix once: one
     forward call runs every group's prefix (right-padded), its keys and values (with their gradient) are
     gathered for each sample of the group, and one more call runs every suffix (rest of the prompt,
     completion) against them at its own positions. Equal to the plain pass on every completion token up to
     rounding (tests/test_losses.py); on a task's N solutions it skips N - 1 of N prompt passes."""
-    ids, attn, _ = _batch(samples, pad_id, next(model.parameters()).device)
-    return _shared_prefix_logprobs(model, samples, ids, attn, temperature)[0]
+    ids, attn, _ = pad_batch(samples, pad_id, next(model.parameters()).device)
+    return shared_prefix_scores(model, samples, ids, attn, temperature)[0]
 
 
-def _shared_prefix_logprobs(model, samples: list[Sample], ids: torch.Tensor, attn: torch.Tensor,
-                            temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+def shared_prefix_scores(model, samples: list[Scored], ids: torch.Tensor, attn: torch.Tensor,
+                         temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """`shared_prefix_logprobs` of a batch already padded (`pad_batch`), and the entropies `token_scores` gives."""
     members: dict[object, list[int]] = {}
     for i, s in enumerate(samples):
         members.setdefault(_group_key(s), []).append(i)
@@ -265,7 +272,7 @@ def _shared_prefix_logprobs(model, samples: list[Sample], ids: torch.Tensor, att
     saved = sum((len(m) - 1) * p for m, p in zip(groups, prefix))  # prompt tokens not run again
     first = torch.tensor([len(s.prompt_ids) for s in samples], device=ids.device)
     if saved < MIN_SHARED_PREFIX or min(prefix) < 1:
-        return _token_scores(model, ids, attn, temperature, first=first)
+        return token_scores(model, ids, attn, temperature, first=first)
     dev, width = ids.device, ids.size(1)
     pre_ids = ids.new_zeros((len(groups), max(prefix)))
     pre_attn = torch.zeros_like(pre_ids)

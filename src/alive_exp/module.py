@@ -23,10 +23,10 @@ import torch
 
 from alive_exp import metrics as M
 from alive_exp.alive import AliveStep
-from alive_exp.distributed import sync_gradients
+from alive_exp.distributed import global_counts, sync_gradients
 from alive_exp.fused_lora import fused_lora
 from alive_exp.logprobs import prefix_groups
-from alive_exp.losses import Sample, contributing, reference_logprobs, role_loss
+from alive_exp.losses import Sample, contributing, local_counts, normalise, reference_logprobs, role_loss
 from alive_exp.models import adapter_parameters, role_adapter
 from alive_exp.roles import ROLES
 from alive_exp.timing import PhaseTimer
@@ -201,7 +201,10 @@ class AliveModule(pl.LightningModule):
     def _backward(self, role: str, batch: list[Sample], adapter: str | None, mb: int, temp: float) -> dict[str, float]:
         """Accumulate one role's gradient over its contributing samples, in micro-batches of similar lengths."""
         weight = self.cfg.trainer.optim[role].loss_weight
-        total = sum(len(x.completion_ids) for x in batch)  # the normaliser counts every sample
+        # the loss's norms count every sample of the role's step on every rank (`reward.loss_type`)
+        totals, processes = global_counts(self.trainer.strategy, local_counts(batch, mb))
+        normalise(batch, self.cfg.reward.loss_type, batch_size=mb, totals=totals, processes=processes,
+                  max_tokens=self.cfg.trainer.generation[f"{role}_tokens"])
         batch = contributing(batch, self.cfg.reward.kl_coef)
         st = {"loss": 0.0, "kl": 0.0, "nll": 0.0, "clip_frac": 0.0, "trained": float(len(batch)),
               "gap_sum": 0.0, "gap_tokens": 0.0, "gap_max": 0.0, "entropy_sum": 0.0, "entropy_tokens": 0.0}
@@ -220,7 +223,7 @@ class AliveModule(pl.LightningModule):
                     ref = reference_logprobs(self.model, chunk, self.tokenizer.pad_token_id, self.disable_adapters, temp)
                 loss, info = role_loss(self.model, chunk, pad_id=self.tokenizer.pad_token_id,
                                        clip_eps=self.cfg.reward.clip_eps, kl_coef=self.cfg.reward.kl_coef,
-                                       total_tokens=total, reference_logps=ref, temperature=temp,
+                                       reference_logps=ref, temperature=temp,
                                        share_prefix=share, tis_cap=self.cfg.rollout.tis_cap)
                 self.manual_backward(weight * loss)
                 frac = len(chunk) / len(batch)
