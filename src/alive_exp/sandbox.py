@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import json
+import marshal
 import math
 import os
 import pwd
@@ -57,12 +57,18 @@ FILE_MB = 16  # RLIMIT_FSIZE; the private tmpfs holds 4x this
 TEARDOWN_S = 10.0  # the launcher's most time to kill and reap a run after being asked to stop
 
 # Trusted runner, passed with -c: it holds no secret; the nonce arrives with the code through an fd. In a
-# judged run (serve_fd >= 0) there is no nonce: the program's functions are served to the judge instead.
+# judged run (serve_fd >= 0) there is no nonce: the first line is the size of `sandbox_judge`'s compiled
+# code, which comes before the program and serves the program's functions to the judge once it has run.
 _RUNNER = r"""
 import os, sys
 def _boot(src_fd, done_fd, stub_net, serve_fd=-1):
     with os.fdopen(src_fd, "rb") as f:
         nonce, _, src = f.read().partition(b"\n")
+    if serve_fd >= 0:
+        import marshal
+        wire = {}
+        exec(marshal.loads(src[:int(nonce)]), wire)
+        src = src[int(nonce):]
     if stub_net:
         import socket, _socket
         def _denied(*a, **k):
@@ -74,13 +80,14 @@ def _boot(src_fd, done_fd, stub_net, serve_fd=-1):
     g = {"__name__": "__main__", "__file__": "main.py", "__builtins__": __builtins__}
     exec(compile(src, "main.py", "exec"), g)
     if serve_fd >= 0:
-        serve(serve_fd, g, "main.py")
+        wire["serve"](serve_fd, g, "main.py")
     else:
         os.write(done_fd, nonce)
 _boot(*map(int, sys.argv[1:]))
 """
-_JUDGE = Path(sandbox_judge.__file__).read_text(encoding="utf-8")  # stdlib-only source, run in both processes
-_SERVING_RUNNER = _JUDGE + _RUNNER
+# stdlib-only, compiled once here: the judge runs it, and the program's runner for `serve`
+_JUDGE = compile(Path(sandbox_judge.__file__).read_text(encoding="utf-8"), "sandbox_judge.py", "exec")
+_JUDGE_BYTES = marshal.dumps(_JUDGE)
 VERDICT_CAP = 64 * 1024  # a pipe's buffer: the judge writes its verdict in one go and exits
 
 
@@ -223,8 +230,8 @@ def _read_all(fd: int) -> bytes:
 def _verdict(data: bytes, token: str) -> dict | None:
     """The judge's verdict, if `data` is one and carries this run's token."""
     try:
-        found = json.loads(data)
-    except ValueError:
+        found = sandbox_judge.decode(data.decode("ascii"))
+    except Exception:  # noqa: BLE001 - whatever is not the judge's verdict is no verdict
         return None
     return found if isinstance(found, dict) and found.get("token") == token else None
 
@@ -252,7 +259,8 @@ def _execute(code: str, timeout_s: float, memory_mb: int, plan: _Plan, tests: Te
             cleanup.callback(shutil.rmtree, workdir, ignore_errors=True)
             if uid is not None and not plan.mountns:
                 os.chown(workdir, uid, uid)
-            src = _unlinked(cleanup, nonce + b"\n" + code.encode("utf-8", "surrogatepass"))
+            head = str(len(_JUDGE_BYTES)).encode() + b"\n" + _JUDGE_BYTES if tests else nonce + b"\n"
+            src = _unlinked(cleanup, head + code.encode("utf-8", "surrogatepass"))
             done_r, done_w = os.pipe()  # judged: the verdict's pipe, written by the judge alone
             cleanup.callback(os.close, done_r)
             os.set_blocking(done_r, False)
@@ -267,11 +275,11 @@ def _execute(code: str, timeout_s: float, memory_mb: int, plan: _Plan, tests: Te
             else:
                 serve_fd, judge_fd = (s.detach() for s in socket.socketpair())
                 spec = {"token": token, "prelude": tests.prelude, "source": tests.source, "calls": list(tests.calls)}
-                spec_file = _unlinked(cleanup, json.dumps(spec).encode())
+                spec_file = _unlinked(cleanup, marshal.dumps(spec))
                 ours += [serve_fd, judge_fd]
                 judge = (judge_uid, _JUDGE, (spec_file.fileno(), judge_fd, done_w))
                 fds = (src.fileno(), serve_fd, *judge[2])
-                runner = [sys.executable, "-I", "-B", "-c", _SERVING_RUNNER, str(src.fileno()), "-1", stub, str(serve_fd)]
+                runner = [sys.executable, "-I", "-B", "-c", _RUNNER, str(src.fileno()), "-1", stub, str(serve_fd)]
             try:  # no preexec_fn: the launcher is a fresh process, safe however many threads call us
                 argv = launcher_argv(runner, uid=uid, workdir=workdir, netns=plan.netns, mountns=plan.mountns,
                                      tmpfs_mb=4 * FILE_MB, limits=_limits(timeout_s, memory_mb), judge=judge)

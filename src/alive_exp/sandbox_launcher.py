@@ -129,7 +129,7 @@ def start_run(uid, limits, argv):
     finally:
         os._exit(START_FAILED)
 
-def start_judge(uid, limits, source, fds):
+def start_judge(uid, limits, code, fds):
     # The forked judge: its own session and uid, not dumpable (so no process but root's may ptrace it or
     # open its /proc/<pid>/mem, fd or environ), nothing open but its own fds, then the judge. Never returns.
     try:
@@ -155,7 +155,7 @@ def start_judge(uid, limits, source, fds):
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
         judge = {"__name__": "judge"}
-        exec(compile(source, "judge.py", "exec"), judge)
+        exec(code, judge)
         judge["judge"](*fds)
     except BaseException as exc:  # no verdict: the run fails
         os.write(2, f"the judge failed: {exc!r}\n".encode())
@@ -203,9 +203,8 @@ def main(parent, uid, flags, mounts, limits, argv, judge):
         os.killpg(run, signal.SIGKILL)  # the run's session, in one go
     except OSError:
         pass
-    for owner in (uid, judge[0] if judge else -1):
-        if owner >= 0:
-            kill_uid(owner)  # whatever left the session still has the uid
+    if uid >= 0:
+        kill_uid(uid)  # whatever left the session still has the uid (the judge's orphans come to us)
     while True:  # orphans come to us, so once we have no child left, no process of the run is left
         for pid in children():
             try:
@@ -249,9 +248,9 @@ def _under_scratch() -> list[str]:
 
 def launcher_argv(runner: list[str], *, uid: int | None, workdir: str, netns: bool, mountns: bool,
                   tmpfs_mb: int, limits: list[tuple[int, int]],
-                  judge: tuple[int | None, str, tuple[int, ...]] | None = None) -> list[str]:
+                  judge: tuple[int | None, object, tuple[int, ...]] | None = None) -> list[str]:
     """The launcher's command line: everything it needs, marshalled (no secret is in it). `judge`, for a
-    judged run: the judge's uid, its source (`sandbox_judge`) and the fds it alone keeps (spec, socket, verdict)."""
+    judged run: the judge's uid, its compiled code (`sandbox_judge`) and the fds it alone keeps (spec, socket, verdict)."""
     flags = (_CLONE_NEWNET if netns else 0) | (_CLONE_NEWNS if mountns else 0)
     owner = os.getuid() if uid is None else uid
     mounts = (workdir, owner, tmpfs_mb, exposures(), _under_scratch()) if mountns else ()
