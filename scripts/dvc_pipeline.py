@@ -30,7 +30,7 @@ PIPELINE_PATHS = [
     f"paths.root_dir={OUT}", f"paths.data_dir={OUT}/data", f"paths.output_dir={OUT}/train",
     f"logger.tracking_uri=sqlite:///{OUT}/mlflow.db", f"logger.artifact_location={OUT}/mlartifacts",
 ]
-STEP_METRICS = ["train/reward_mean", "solver/accuracy", "reviewer/agreement", "constructor/valid_rate",
+STEP_METRICS = ["train/reward_mean", "solver/accuracy", "reviewer/balanced_agreement", "constructor/valid_rate",
                 "refine/success_rate", "tokens/constructor", "tokens/solver", "tokens/reviewer", "time/step"]
 
 

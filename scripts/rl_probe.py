@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-KEYS = ("accuracy", "sampled_accuracy", "pass_at_4", "self_correction/delta", "self_correction/gated_delta", "reviewer/agreement",
+KEYS = ("accuracy", "sampled_accuracy", "pass_at_4", "self_correction/delta", "self_correction/gated_delta", "reviewer/balanced_agreement",
         "reviewer/precision", "reviewer/recall")
 
 

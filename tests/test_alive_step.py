@@ -233,14 +233,37 @@ def test_instructive_bonus_does_not_pay_for_rejecting_everything(small_cfg):
 
 def test_fcp_conditions_on_critiques(small_cfg):
     s = _step(small_cfg, "fcp")
-    task = _attempt(True, True).task
-    assert "Feedback: " + s.templates.fcp_positive in s.mode.solver_prompt(task)
     group = [_attempt(True, True), _attempt(False, False)]
     out = s.samples([], [group], warmup=False)
     fcp = [x for x in out["solver"] if x.kind == "fcp"]
     assert len(fcp) == 2 and all(x.advantage == 0 for x in out["solver"])
     decoded = s.gen.tokenizer.decode(fcp[1].prompt_ids)
     assert "Feedback: Step 1 is wrong." in decoded and "Verdict" not in decoded
+    # FCP learns only from critiques with a parsed verdict and a body: a bare verdict or no verdict teaches nothing
+    bare, unparsed = _attempt(True, True), _attempt(False, False)
+    bare.critique, unparsed.critique = Critique("Verdict: correct", True), Critique("Step 1 is wrong.", None)
+    out = s.samples([], [[bare, unparsed]], warmup=False)
+    assert not [x for x in out["solver"] if x.kind == "fcp"]
+
+
+def test_fcp_solves_under_the_domains_own_critique_of_a_right_solution(small_cfg):
+    """The feedback FCP is conditioned on at rollout and at evaluation is what its training examples hold for a
+    right solution: the domain's critique of the reference solution as FCP reads it (no verdict, no reference)."""
+    from alive_exp.rewards import fcp_feedback
+
+    m = build(small_cfg("reward=fcp"))
+    domain = m.domain
+    for task in domain.benchmarks()["math_heldout"](6, 0):
+        positive = fcp_feedback(domain.critique(task, domain.solution_text(task)).text, task.reference)
+        assert positive and task.reference not in positive.split()
+        want = m.step_impl.templates.render("fcp_solver", task=task.prompt, critique=positive)
+        assert m.step_impl.mode.solver_prompt(task) == want and m.evaluator.solver_prompt(task) == want
+    # a right solution's critique, as the step hands it to FCP's targets, is that same feedback
+    right = _column_attempt(True, "", True)
+    right.task = task
+    right.critique = domain.critique(task, domain.solution_text(task))
+    (target,) = [x for x in m.step_impl.samples([], [[right]], warmup=False)["solver"] if x.kind == "fcp"]
+    assert m.step_impl.gen.tokenizer.decode(target.prompt_ids).count(m.step_impl.mode.positive(task)) == 1
 
 
 @pytest.mark.slow
@@ -319,7 +342,10 @@ def test_no_refiner_or_fcp_prompt_holds_the_reference_when_the_reviewer_quotes_i
     assert len(prompts) == 2 and all("834" not in p for p in prompts) and fcp.reference_leaks == 1
 
 
-def test_warm_start_refiner_transcripts_never_hold_the_reference(small_cfg):
+@pytest.mark.parametrize("kind", ["refiner", "fcp_solver"])
+def test_warm_start_refiner_and_fcp_transcripts_never_hold_the_reference(small_cfg, kind):
+    """The reviewer's critiques quote the reference (it must use it); what a refiner or FCP solver reads never
+    does, whether the transcript is about a corrupted solution or one of the model's own samples."""
     from alive_exp import domains
     from alive_exp.roles import RoleTemplates
     from alive_exp.warmstart import Transcripts
@@ -327,17 +353,25 @@ def test_warm_start_refiner_transcripts_never_hold_the_reference(small_cfg):
     cfg = small_cfg()
     domain = domains.get("math", sources=["column_arithmetic"])
     templates = RoleTemplates(**dict(cfg.roles))
-    stream = Transcripts(domain, templates, domain.documents("train", 300, 0), {"refiner": 1.0}, seed=0)
-    leaks = 0
+    stream = Transcripts(domain, templates, domain.documents("train", 300, 0), {kind: 1.0}, seed=0, own_share=0.5)
+    own_rng = random.Random(1)
+    stream.own = [(t, domain.corrupt(t, domain.solution_text(t), own_rng) or domain.solution_text(t))
+                  for t in (stream.task()[3] for _ in range(50))]
+    leaks, quoted = 0, 0
     for _ in range(400):
         prompt, _ = stream.example()
         reference = stream.last_task.reference
-        head, critique = prompt.split("\nCritique: ", 1)
-        solution = head.split("\nSolution:\n", 1)[1]
+        if kind == "refiner":
+            head, critique = prompt.split("\nCritique: ", 1)
+            solution = head.split("\nSolution:\n", 1)[1]
+        else:
+            critique = prompt.split("Feedback: ", 1)[1].split("\nSolve the task.", 1)[0]
+            solution = ""
         assert critique.strip()
+        quoted += "reference ?" in critique  # the reviewer's comparison, its reference scrubbed
         # the critique it is conditioned on quotes only the task and the solution, never the hidden answer
         leaks += reference in set(re.findall(r"\d+", critique)) - set(re.findall(r"\d+", solution))
-    assert leaks == 0
+    assert leaks == 0 and quoted > 50
 
 
 def test_revisions_share_one_baseline_across_the_step_so_a_lone_revision_learns(small_cfg):

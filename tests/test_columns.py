@@ -9,6 +9,7 @@ import pytest
 
 from alive_exp import domains
 from alive_exp.domains import columns as col
+from alive_exp.roles import critique_body, scrub_reference
 
 math = domains.get("math", sources=["column_arithmetic"], source_options={"column_arithmetic": {"operations": ["add", "sub"]}})
 NUMBER = re.compile(r"\d+")
@@ -81,13 +82,18 @@ def test_each_kind_of_slip_is_named_at_its_column(fault):
                           *math.candidate_spans(domains.Document("d", col.document_text(a, "+", b), "math"))[-1])
     for blind in (False, True):
         c = math.critique(task, solution, blind=blind)
-        assert c.verdict is False and c.text.startswith("Tens column"), (fault, c.text)
+        # with the reference in view the critique first compares the answer with it, then names the column
+        lead = "" if blind else f"Answer {final}, reference 834: different. "
+        assert c.verdict is False and c.text.startswith(lead + "Tens column"), (fault, c.text)
     words = {"wrong_sum": "wrong sum", "carry_dropped": "dropped", "carry_twice": "twice", "carry_mark": "carr",
              "skip": "skipped"}
     assert words[fault] in math.critique(task, solution).text
 
 
-def test_oracle_critiques_contain_no_number_absent_from_task_and_solution():
+def test_critiques_use_the_reference_they_see_and_a_reader_never_gets_it():
+    """A reviewer that sees the reference compares the answer with it first (so no example lets it ignore the
+    `Reference:` line); a blind critique, and any critique as a refiner or FCP solver reads it (scrubbed), quotes
+    only numbers of the task and the solution."""
     rng = random.Random(0)
     tasks = tasks_of(math.documents("train", 300, 5))
     seen = 0
@@ -96,15 +102,45 @@ def test_oracle_critiques_contain_no_number_absent_from_task_and_solution():
         for solution in (good, math.corrupt(t, good, rng)):
             if solution is None:
                 continue
-            for blind in (False, True):
-                c = math.critique(t, solution, blind=blind)
-                extra = numbers(c.text) - numbers(t.prompt) - numbers(solution)
-                assert not extra, (t.prompt, solution, c.text)
+            answer = math.extract_answer(solution)
+            seeing = math.critique(t, solution).text
+            assert seeing.startswith(f"Answer {answer if answer is not None else 'missing'}, reference {t.reference}: "
+                                     f"{'same' if math.score(solution, t)[0] else 'different'}."), seeing
+            blind = math.critique(t, solution, blind=True).text
+            read = scrub_reference(critique_body(seeing), t.reference)[0]
+            for text in (blind, read):
+                extra = numbers(text) - numbers(t.prompt) - numbers(solution)
+                assert not extra, (t.prompt, solution, text)
                 if not math.verify(solution, t.reference):
                     # the hidden answer appears only where the solution itself wrote it
-                    assert t.reference not in numbers(c.text) or t.reference in numbers(solution)
-                seen += 1
-    assert seen > 1000
+                    assert t.reference not in numbers(text) or t.reference in numbers(solution)
+            seen += 1
+    assert seen > 500
+
+
+def test_the_reviewer_with_the_reference_tells_apart_what_the_blind_one_cannot():
+    """A right answer line after right columns, a wrong answer line after right columns and a dropped carry get
+    three different critiques with the reference; the one with a wrong answer line is caught only by comparing."""
+    doc = domains.Document("d", col.document_text(478, "+", 356), "math")
+    task = math.make_task(doc, *math.candidate_spans(doc)[-1])
+    right = "8+6=14 c1\n7+5+1=13 c1\n4+3+1=8\nAnswer: 834"
+    answer_line = "8+6=14 c1\n7+5+1=13 c1\n4+3+1=8\nAnswer: 843"
+    dropped = "8+6=14 c1\n7+5=12 c1\n4+3+1=8\nAnswer: 824"
+    texts = [math.critique(task, s).text for s in (right, answer_line, dropped)]
+    assert len(set(texts)) == 3 and [math.critique(task, s).verdict for s in (right, answer_line, dropped)] == [True, False, False]
+    assert "reference 834: same" in texts[0] and "reference 834: different" in texts[1]
+    assert "Tens column" in texts[2] and "dropped" in texts[2]
+
+
+def test_corrupted_solutions_include_the_models_own_kinds_of_error():
+    """Right columns under a wrong answer line, no answer line, an extra line: errors a model makes that no
+    single-column slip shows."""
+    rng = random.Random(3)
+    tasks = tasks_of(math.documents("train", 200, 2))
+    critiques = [math.critique(t, w, blind=True).text for t in tasks
+                 for w in [math.corrupt(t, math.solution_text(t), rng)] if w is not None]
+    for words in ("answer line does not put", "No 'Answer:' line", "more lines than"):
+        assert any(words in c for c in critiques), words
 
 
 def test_corrupted_solutions_are_wrong_and_rejected():
@@ -130,7 +166,7 @@ def test_suites_fit_their_token_budgets(small_cfg):
     from alive_exp.train import build
 
     m = build(small_cfg(), evaluate=False)
-    exp = small_cfg("trainer.generation.solver_tokens=64", "trainer.generation.reviewer_tokens=32").trainer.generation
+    exp = small_cfg("trainer.generation.solver_tokens=64", "trainer.generation.reviewer_tokens=48").trainer.generation
     from conftest import compose_cfg
 
     real = compose_cfg(["+experiment=math"]).trainer.generation

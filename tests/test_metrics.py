@@ -48,3 +48,15 @@ def test_reviewer_quality_counts_missing_verdicts_as_misses():
 def test_solve_rate_histogram_bins_sum_to_one():
     h = M.solve_rate_histogram([0.0, 0.1, 0.5, 0.6, 0.9, 1.0])
     assert sum(h.values()) == pytest.approx(1.0) and h["0"] == h["100"] == pytest.approx(1 / 6)
+
+
+def test_reviewer_quality_is_balanced_and_counts_missing_verdicts():
+    # 8 wrong solutions, 2 right: a reviewer that rejects everything agrees on 80% of them, but is at chance
+    correct = [False] * 8 + [True] * 2
+    q = M.reviewer_quality([False] * 10, correct)
+    assert q["agreement"] == pytest.approx(0.8) and q["balanced_agreement"] == pytest.approx(0.5)
+    assert q["recall"] == pytest.approx(1.0) and q["missing_rate"] == 0.0
+    # every wrong one caught, one of two right ones accepted, one review without a verdict
+    q = M.reviewer_quality([False] * 8 + [True, None], correct)
+    assert q["balanced_agreement"] == pytest.approx((1.0 + 0.5) / 2) and q["missing_rate"] == pytest.approx(0.1)
+    assert M.reviewer_quality([True, True], [True, True])["balanced_agreement"] == 1.0  # one class: its agreement

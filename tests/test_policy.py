@@ -36,6 +36,18 @@ def test_a_policy_folder_continues_samples_and_evaluates_as_trained(small_cfg, t
         if role == "solver":  # a step at lr 1e-2 on the references moved the solver
             assert before_update != greedy(warm, role, PROMPTS[role])
     assert cli.main(["sample", str(policy), "Question: 12 + 34"]) == 0 and "--- solver on" in capsys.readouterr().out
+    # the reviewer with the reference, the blind reviewer (no --reference) and the refiner, each with its own prompt
+    task, solution, critique = "Question: 12 + 34", "2+4=6\n1+3=4\nAnswer: 46", "Tens column: wrong digits."
+    g = cont.cfg.trainer.generation
+    for template, adapter, fields, budget in (
+            ("reviewer", "reviewer", {"reference": "46", "solution": solution}, g.reviewer_tokens),
+            ("reviewer_blind", "reviewer", {"solution": solution}, g.reviewer_tokens),
+            ("refiner", "solver", {"solution": solution, "critique": critique}, g.solver_tokens)):
+        cont.use_adapter(adapter)
+        prompt = cont.step_impl.templates.render(template, task=task, **fields)
+        expected = cont.generator.generate([prompt], n=1, max_new_tokens=budget, temperature=0.0)[0][0].text
+        role = "refiner" if template == "refiner" else "reviewer"
+        assert cli.sample_policy(policy, role, [task], **fields) == [expected], template
     scores, meta = cli.evaluate_checkpoint(policy, ["benchmark.eval_size=2", "benchmark.self_correction=false"])
     assert meta["checkpoint"] == str(policy) and any(k.endswith("/accuracy") for k in scores)
     with pytest.raises(ValueError, match="lora has 8"):

@@ -38,14 +38,14 @@ def log_training_run(client: MlflowClient, exp_id: str, mode: str, seed: int, do
     rng = random.Random(f"{mode}{seed}{domain}")
     metrics = []
     for step in range(1, STEPS + 1):
-        for key in ("train/reward_mean", "solver/accuracy", "reviewer/agreement", "constructor/valid_rate"):
+        for key in ("train/reward_mean", "solver/accuracy", "reviewer/balanced_agreement", "constructor/valid_rate"):
             metrics.append(Metric(key, rng.random(), step, step))
         for key in ("tokens/constructor", "tokens/solver", "tokens/reviewer"):
             metrics.append(Metric(key, float(rng.randint(100, 2000)), step, step))
         metrics.append(Metric("time/step", rng.uniform(1, 5), step, step))
     for b in benches:
         t1, t2 = rng.random(), rng.random()
-        ev = {"accuracy": t1, "n_tasks": 16.0, "pass_at_4": rng.random(), "reviewer/agreement": rng.random(),
+        ev = {"accuracy": t1, "n_tasks": 16.0, "pass_at_4": rng.random(), "reviewer/balanced_agreement": rng.random(),
               "reviewer/precision": rng.random(), "reviewer/recall": rng.random(),
               "self_correction/acc_t1": t1, "self_correction/acc_t2": t2, "self_correction/delta": t2 - t1,
               "self_correction/delta_i_to_c": max(t2 - t1, 0.0), "self_correction/delta_c_to_i": max(t1 - t2, 0.0),

@@ -50,7 +50,12 @@ def test_train_py_end_to_end_leaves_one_mlflow_run(tmp_path):
     assert "eval/math_heldout/accuracy" in r.data.metrics
     (warm,) = [p for p in (tmp_path / "data" / "warmstart").iterdir() if p.is_dir()]  # beside it: its lock file
     warm_metrics = json.loads((warm / "metrics.json").read_text())
-    assert warm_metrics["steps"] == 4 and 0.0 <= warm_metrics["heldout_reviewer_balanced_agreement"] <= 1.0
+    assert warm_metrics["steps"] == 4
+    # every role's readiness at the warm start: in metrics.json, logged at step 0 and in the run's last lines
+    for role in ("reviewer", "reviewer_blind", "refiner_fixes", "refiner_keeps", "missing_verdicts"):
+        assert 0.0 <= warm_metrics[role] <= 1.0
+        assert r.data.metrics[f"warmstart/{role}"] == pytest.approx(warm_metrics[role])
+    assert "warm start, 4 steps, not every floor held" in proc.stdout and "with the reference" in proc.stdout
     assert r.data.params["warmstart.enabled"] == "True"
     artifacts = {a.path for a in client.list_artifacts(r.info.run_id)}
     assert {"config.yaml", "transcripts.json", "final_metrics.json"} <= artifacts

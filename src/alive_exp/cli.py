@@ -2,7 +2,8 @@
 
     alive-exp report [--tracking-uri URI] [--experiment NAME] [--parent RUN_ID] [--out DIR]
     alive-exp evaluate CHECKPOINT_OR_RUN_DIR [key=value ...] [--out DIR] [--log]
-    alive-exp sample POLICY TEXT [TEXT ...] [--role solver|reviewer|constructor] [--reference R --solution S]
+    alive-exp sample POLICY TEXT [TEXT ...] [--role solver|reviewer|refiner|constructor] [--reference R]
+                     [--solution S] [--critique C]
     alive-exp prepare [--params params.yaml] [key=value | group=option ...]
 
 Training itself is `python train.py ...` (Hydra); these commands read what it leaves behind.
@@ -234,33 +235,39 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 # -- sample -----------------------------------------------------------------------------------------
 def sample_policy(policy: Path, role: str, texts: list[str], *, reference: str | None = None,
-                  solution: str | None = None, max_new_tokens: int | None = None,
+                  solution: str | None = None, critique: str | None = None, max_new_tokens: int | None = None,
                   overrides: list[str] | None = None) -> list[str]:
     """What a trained policy's role writes (greedy) for each text: a task for the solver, a document for the
-    constructor, a task with `reference` and `solution` for the reviewer. The run's own config (beside the
-    policy folder) supplies the model, adapters and prompts."""
+    constructor, a task with `solution` for the reviewer (with `reference`: the reviewer that sees it; without:
+    the blind self-critique), a task with `solution` and `critique` for the refiner. The run's own config (beside
+    the policy folder) supplies the model, adapters and prompts."""
     from alive_exp.train import build
 
-    if role not in ("constructor", "solver", "reviewer"):
-        raise SystemExit(f"--role {role!r}: use constructor, solver or reviewer")
-    if role == "reviewer" and (reference is None or solution is None):
-        raise SystemExit("--role reviewer needs --reference and --solution")
+    if role not in ("constructor", "solver", "reviewer", "refiner"):
+        raise SystemExit(f"--role {role!r}: use constructor, solver, reviewer or refiner")
+    if role in ("reviewer", "refiner") and solution is None:
+        raise SystemExit(f"--role {role} needs --solution")
+    if role == "refiner" and critique is None:
+        raise SystemExit("--role refiner needs --critique (what the refiner reads: no reference in it)")
     cfg = load_config(policy_config(policy), [f"model.init_from={policy.resolve()}", "warmstart.enabled=false",
                                               *(overrides or [])])
     module = build(cfg, evaluate=False)
-    module.use_adapter(role)
+    module.use_adapter("solver" if role == "refiner" else role)
+    template = "reviewer_blind" if role == "reviewer" and reference is None else role
     fields = {"constructor": lambda t: {"document": t}, "solver": lambda t: {"task": t},
-              "reviewer": lambda t: {"task": t, "reference": reference, "solution": solution}}[role]
-    prompts = [module.step_impl.templates.render(role, **fields(t)) for t in texts]
+              "reviewer": lambda t: {"task": t, "reference": reference, "solution": solution},
+              "reviewer_blind": lambda t: {"task": t, "solution": solution},
+              "refiner": lambda t: {"task": t, "solution": solution, "critique": critique}}[template]
+    prompts = [module.step_impl.templates.render(template, **fields(t)) for t in texts]
     g = cfg.trainer.generation
     budget = max_new_tokens or {"constructor": g.constructor_tokens, "solver": g.solver_tokens,
-                                "reviewer": g.reviewer_tokens}[role]
+                                "reviewer": g.reviewer_tokens, "refiner": g.solver_tokens}[role]
     return [c[0].text for c in module.generator.generate(prompts, n=1, max_new_tokens=budget, temperature=0.0)]
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
     outs = sample_policy(Path(args.policy), args.role, args.texts, reference=args.reference, solution=args.solution,
-                         max_new_tokens=args.max_new_tokens, overrides=args.overrides)
+                         critique=args.critique, max_new_tokens=args.max_new_tokens, overrides=args.overrides)
     for text, out in zip(args.texts, outs):
         print(f"--- {args.role} on {text!r}\n{out}")
     return 0
@@ -341,9 +348,10 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sample", help="what a trained policy's role writes (greedy), e.g. the solver on a task")
     s.add_argument("policy", help="a training run's policy/ folder")
     s.add_argument("texts", nargs="+", metavar="TEXT", help="a task (solver, reviewer) or a document (constructor)")
-    s.add_argument("--role", default="solver", help="constructor, solver or reviewer (default: solver)")
-    s.add_argument("--reference", help="the reviewer's reference answer")
-    s.add_argument("--solution", help="the solution the reviewer judges")
+    s.add_argument("--role", default="solver", help="constructor, solver, reviewer or refiner (default: solver)")
+    s.add_argument("--reference", help="the reviewer's reference answer (without it: the blind reviewer)")
+    s.add_argument("--solution", help="the solution the reviewer judges or the refiner revises")
+    s.add_argument("--critique", help="the critique the refiner reads")
     s.add_argument("--max-new-tokens", type=int, help="default: the run's token budget for the role")
     s.add_argument("--override", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="a config value override (repeatable)")

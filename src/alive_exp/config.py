@@ -214,7 +214,6 @@ class RolesConfig:
     reviewer_blind: str = ""
     refiner: str = ""
     fcp_solver: str = ""
-    fcp_positive: str = ""
 
 
 @dataclass
@@ -239,6 +238,18 @@ class WarmstartConfig:
     benchmark_options: dict[str, Any] = field(default_factory=dict)
     mix: dict[str, float] = field(default_factory=lambda: {
         "constructor": 0.1, "solver": 0.5, "reviewer": 0.2, "reviewer_blind": 0.1, "refiner": 0.1})
+    # every role ready before RL (alive_exp.readiness): at a check where the solver's floors hold, each role is
+    # measured on the solver's own samples of validation problems; the build stops when every floor holds too
+    role_floors: dict[str, float] = field(default_factory=dict)  # reviewer, reviewer_blind, refiner_fixes, refiner_keeps
+    max_missing_verdicts: Optional[float] = None  # at most this share of reviews without a parseable verdict
+    readiness_samples: int = 2  # solver samples per problem the roles are measured on
+    role_mix: Optional[dict[str, float]] = None  # the mix once the solver's floors have held (null: `mix`)
+    # reviewers learn from what they will judge: this share of reviewer, refiner and FCP transcripts is about the
+    # model's own samples (at trainer.generation.temperature), refreshed every own_samples_every steps
+    own_samples: float = 0.0
+    own_samples_from: int = 100
+    own_samples_every: int = 25
+    own_samples_pool: int = 256
 
 
 

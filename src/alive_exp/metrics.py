@@ -10,21 +10,27 @@ SOLVE_RATE_BINS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 def reviewer_quality(verdicts: Sequence[bool | None], correct: Sequence[bool]) -> dict[str, float]:
-    """Agreement with the reference check, and precision/recall at catching wrong solutions.
+    """Verdicts against the reference check.
 
-    A missing verdict counts as a disagreement and as a missed catch.
+    `balanced_agreement`: the mean of the agreement on right solutions and on wrong ones (each class that
+    occurs), so a reviewer that rejects everything scores 0.5 however many solutions are wrong; `agreement`:
+    the raw share; `precision` / `recall` at catching wrong solutions; `missing_rate`: share with no parseable
+    verdict. A missing verdict counts as a disagreement and as a missed catch.
     """
     n = len(correct)
     if n == 0:
-        return {"agreement": 0.0, "precision": 0.0, "recall": 0.0}
-    agree = sum(v is not None and v == c for v, c in zip(verdicts, correct))
+        return {"agreement": 0.0, "balanced_agreement": 0.0, "precision": 0.0, "recall": 0.0, "missing_rate": 0.0}
+    agree = [v is not None and v == c for v, c in zip(verdicts, correct)]
+    per_class = [[a for a, c in zip(agree, correct) if c is cls] for cls in (True, False)]
     flagged = [v is False for v in verdicts]
     wrong = [not c for c in correct]
     tp = sum(f and w for f, w in zip(flagged, wrong))
     return {
-        "agreement": agree / n,
+        "agreement": sum(agree) / n,
+        "balanced_agreement": mean([sum(x) / len(x) for x in per_class if x]),
         "precision": tp / sum(flagged) if any(flagged) else 0.0,
         "recall": tp / sum(wrong) if any(wrong) else 0.0,
+        "missing_rate": sum(v is None for v in verdicts) / n,
     }
 
 

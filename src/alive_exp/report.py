@@ -21,10 +21,11 @@ REPORT_TAG = "alive.report"
 PARENT_TAG = "mlflow.parentRunId"
 MODE_ORDER = ("scalar", "judge", "verbal", "fcp")
 CURVE_METRICS = ("train/reward_mean", "solver/accuracy")
-TRAIN_METRICS = ("train/reward_mean", "solver/accuracy", "reviewer/agreement", "constructor/valid_rate")
+TRAIN_METRICS = ("train/reward_mean", "solver/accuracy", "reviewer/balanced_agreement", "constructor/valid_rate")
 COST_METRICS = ("tokens/constructor", "tokens/solver", "tokens/reviewer", "time/step")
-SELF_CORRECTION = ("acc_t1", "acc_t2", "delta", "delta_i_to_c", "delta_c_to_i", "edit_distance_ratio")
-REVIEWER = ("reviewer/agreement", "reviewer/precision", "reviewer/recall")
+SELF_CORRECTION = ("acc_t1", "acc_t2", "delta", "delta_i_to_c", "delta_c_to_i", "gated_acc_t2", "gated_delta",
+                   "edit_distance_ratio")  # SCoRe's protocol (every attempt revised), then the gated one
+REVIEWER = ("reviewer/balanced_agreement", "reviewer/precision", "reviewer/recall", "reviewer/missing_rate")
 
 
 class ReportError(RuntimeError):

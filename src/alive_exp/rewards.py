@@ -19,10 +19,11 @@ from the reference itself, or its gain may be the labels.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from alive_exp.domains import Critique, Task
-from alive_exp.roles import RoleTemplates, critique_body
+from alive_exp.domains import Critique, Domain, Task
+from alive_exp.roles import RoleTemplates, critique_body, scrub_reference
 
 REWARD_MODES: dict[str, type[RewardMode]] = {}
 
@@ -36,10 +37,28 @@ def reward_mode(name: str):
     return deco
 
 
-def build(name: str, templates: RoleTemplates) -> RewardMode:
+def build(name: str, templates: RoleTemplates, domain_of: Callable[[Task], Domain] | None = None) -> RewardMode:
+    """The reward mode called `name`; `domain_of(task)` is the domain a task comes from (its oracle writes the
+    feedback FCP conditions on)."""
     if name not in REWARD_MODES:
         raise KeyError(f"unknown reward mode {name!r}; choose one of {', '.join(REWARD_MODES)} (reward=...)")
-    return REWARD_MODES[name](templates)
+    return REWARD_MODES[name](templates, domain_of)
+
+
+def fcp_feedback(critique_text: str, reference: str) -> str:
+    """A critique as a feedback-conditioned solver reads it: its body (no verdict line), the reference scrubbed."""
+    return scrub_reference(critique_body(critique_text), reference)[0]
+
+
+def positive_feedback(domain: Domain, task: Task) -> str:
+    """The feedback FCP asks for a right solution with: the domain's own critique of the task's reference
+    solution, as FCP's training targets read critiques (`fcp_feedback`). So the condition at rollout and
+    evaluation is a text its training examples hold, not a phrase no example has."""
+    critique = domain.critique(task, domain.solution_text(task))
+    if critique.verdict is not True:
+        raise ValueError(f"domain {domain.name!r}: its oracle rejects the reference solution of task {task.id!r} "
+                         f"({critique.text!r}), so FCP has no positive feedback to condition on")
+    return fcp_feedback(critique.text, task.reference)
 
 
 @dataclass
@@ -58,8 +77,8 @@ class RewardMode(ABC):
     reads_critiques = False  # its likelihood targets are conditioned on critiques (fcp): they are scrubbed first
     needs_reviews = False  # its solver rewards or targets read the reviewer's verdicts or critiques
 
-    def __init__(self, templates: RoleTemplates) -> None:
-        self.templates = templates
+    def __init__(self, templates: RoleTemplates, domain_of: Callable[[Task], Domain] | None = None) -> None:
+        self.templates, self.domain_of = templates, domain_of
 
     def solver_prompt(self, task: Task) -> str:
         return self.templates.render("solver", task=task.prompt)
@@ -104,18 +123,34 @@ class FeedbackConditional(RewardMode):
     reads_critiques = True
     needs_reviews = True
 
+    def __init__(self, templates: RoleTemplates, domain_of: Callable[[Task], Domain] | None = None) -> None:
+        super().__init__(templates, domain_of)
+        if domain_of is None:
+            raise ValueError("reward=fcp needs the tasks' domains (rewards.build(..., domain_of=...)): the feedback it "
+                             "solves under is the domain's own critique of a right solution")
+        self._positive: dict[tuple[str, str], str] = {}
+
+    def positive(self, task: Task) -> str:
+        key = (task.domain, task.id)
+        if key not in self._positive:  # one oracle call per task (code domains run the reference's tests)
+            self._positive[key] = positive_feedback(self.domain_of(task), task)
+        return self._positive[key]
+
     def solver_prompt(self, task: Task) -> str:
-        return self.templates.render("fcp_solver", task=task.prompt, critique=self.templates.fcp_positive)
+        return self.templates.render("fcp_solver", task=task.prompt, critique=self.positive(task))
 
     def solver_rewards(self, prompts, completions, *, correct, critiques):
         return [float(c.verdict is True) for c in critiques]
 
     def targets(self, task, solutions, critiques, confirmed_revisions, reference_solution):
-        return [
-            LikelihoodTarget(self.templates.render("fcp_solver", task=task.prompt, critique=critique_body(c.text)), s, "fcp")
-            for s, c in zip(solutions, critiques, strict=True)
-            if c.text
-        ]
+        """Each solution under its critique (already scrubbed of the reference by the step), only where the
+        critique has a verdict and says something: a bare or unparseable review conditions on nothing."""
+        out = []
+        for s, c in zip(solutions, critiques, strict=True):
+            body = critique_body(c.text) if c.verdict is not None else ""
+            if body:
+                out.append(LikelihoodTarget(self.templates.render("fcp_solver", task=task.prompt, critique=body), s, "fcp"))
+        return out
 
 
 @reward_mode("sft")

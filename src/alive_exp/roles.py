@@ -29,7 +29,6 @@ class RoleTemplates:
     reviewer_blind: str
     refiner: str
     fcp_solver: str
-    fcp_positive: str
 
     def __post_init__(self) -> None:
         required = {

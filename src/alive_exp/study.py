@@ -26,12 +26,14 @@ SUITE_METRICS = {  # column name -> metric under eval/<suite>/
     "sc_delta": "self_correction/delta",
     "i_to_c": "self_correction/delta_i_to_c",
     "c_to_i": "self_correction/delta_c_to_i",
-    "critique_agreement": "self_correction/critique_agreement",
-    "reviewer_agreement": "reviewer/agreement",
+    "gated_acc_t2": "self_correction/gated_acc_t2",
+    "gated_delta": "self_correction/gated_delta",
+    "critique_agreement": "self_correction/critique_balanced_agreement",
+    "reviewer_agreement": "reviewer/balanced_agreement",
 }
-GAIN_METRICS = ("accuracy", "sampled", "sc_delta")
+GAIN_METRICS = ("accuracy", "sampled", "sc_delta", "gated_delta")
 COST = ("tokens/constructor", "tokens/solver", "tokens/reviewer", "tokens/refine", "time/step")
-CURVES = ("solver/accuracy", "train/reward_mean", "reviewer/agreement")
+CURVES = ("solver/accuracy", "train/reward_mean", "reviewer/balanced_agreement")
 
 
 @dataclass
@@ -163,8 +165,10 @@ def markdown(data: dict[str, Any], summary: dict[str, Any], meta: dict[str, Any]
           f"`accuracy`: greedy pass@1; `sampled`: mean correctness of 4 samples at T={meta.get('eval_temperature', 1.0):g}; "
           "`pass@4`; SCoRe self-correction "
           "(attempt 1, the model's own critique without the reference, attempt 2): `acc_t1`, `acc_t2`, "
-          "`sc_delta` = `i_to_c` - `c_to_i`; `critique_agreement`: those blind verdicts against the reference check; "
-          "`reviewer_agreement`: the reviewer with the reference on sampled solutions.", ""]
+          "`sc_delta` = `i_to_c` - `c_to_i`; the gated protocol (a first attempt the model's own critique accepts "
+          "stands; only rejected ones are revised): `gated_acc_t2`, `gated_delta`; `critique_agreement`: those blind "
+          "verdicts against the reference check, `reviewer_agreement`: the reviewer with the reference on sampled "
+          "solutions, both balanced (the mean of the agreement on right and on wrong solutions: 0.5 is chance).", ""]
     for s in suites:
         L += [f"`{s}`:", ""]
         L += _table(["arm", *SUITE_METRICS], [(a, *(fmt(summary["levels"][a].get(f"{s}/{c}")) for c in SUITE_METRICS))

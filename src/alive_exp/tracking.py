@@ -361,7 +361,8 @@ def stop(monitor) -> None:
 
 
 FINAL_METRICS = ("accuracy", "sampled_accuracy", "pass_at_", "self_correction/acc_t2", "self_correction/delta",
-                 "reviewer/agreement")  # per suite; pass_at_ stands for every k
+                 "self_correction/gated_acc_t2", "self_correction/gated_delta", "self_correction/critique_balanced_agreement",
+                 "reviewer/balanced_agreement")  # per suite; pass_at_ stands for every k
 
 
 def final_table(final: dict[str, Any], before: dict[str, float]) -> list[dict[str, Any]]:

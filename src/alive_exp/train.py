@@ -14,7 +14,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from alive_exp import distributed, domains, models, rewards, tracking
+from alive_exp import distributed, domains, models, readiness, rewards, tracking
 from alive_exp.callbacks import (AliveCheckpoint, TranscriptFlush, config_fingerprint, find_resumable, read_run_info,
                                  write_run_info)
 from alive_exp.data import Corpus, StepIndices
@@ -138,7 +138,8 @@ def build(cfg: DictConfig, evaluate: bool = True) -> AliveModule:
         models.load_policy_adapters(model, model_cfg.init_from, cfg.model)
     model.train()
     templates = RoleTemplates(**OmegaConf.to_container(cfg.roles, resolve=True))
-    mode = rewards.build(cfg.reward.mode, templates)
+    mode = rewards.build(cfg.reward.mode, templates,
+                         lambda task: domains.get(task.domain, **options.get(task.domain, {})))
     if vllm:  # a served base model with every role's adapter, synced after each optimizer step
         from alive_exp import vllm_rollout
 
@@ -219,8 +220,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         final: dict[str, float] = dict(module.history[-1]) if module.history else {}
         if module.warm_start and trainer.is_global_zero:
             warm = {f"warmstart/{k}": float(module.warm_start[k]) for k in
-                    ("heldout_accuracy", "heldout_reviewer_balanced_agreement", "steps", "train_seconds", "eval_size")
-                    if k in module.warm_start}
+                    ("heldout_accuracy", *WARM_START_ROLES, "steps", "train_seconds", "eval_size")
+                    if module.warm_start.get(k) is not None}
             logger.log_metrics(warm, step=0)
             final.update(warm)
         if cfg.trainer.eval_at_end and module.evaluator is not None:
@@ -249,9 +250,23 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return final
 
 
+# what metrics.json says of every role at the warm start (alive_exp.readiness), logged as warmstart/<key> at step 0
+WARM_START_ROLES = ("solver_sampled", "reviewer", "reviewer_blind", "refiner_fixes", "refiner_keeps", "missing_verdicts",
+                    "floors_met_at")
+
+
 def summary(final: dict[str, Any], cfg: DictConfig) -> str:
-    """The run's last lines: held-out accuracy before and after training, and where the MLflow run is."""
+    """The run's last lines: each role's readiness at the warm start, held-out accuracy before and after training,
+    and where the MLflow run is."""
     lines = []
+    warm = {k.split("/", 1)[1]: v for k, v in final.items() if k.startswith("warmstart/")}
+    if "reviewer" in warm:
+        met = warm.get("floors_met_at")
+        when = "" if not cfg.warmstart.role_floors else (
+            f", every floor held at step {int(met)}" if met is not None else
+            ", not every floor held (warmstart.role_floors: see its validation_checks in metrics.json)")
+        lines.append(f"warm start, {int(warm.get('steps', 0))} steps{when}; on held-out problems: "
+                     f"{readiness.describe(warm)}")
     for key in sorted(k for k in final if k.startswith("eval/") and k.endswith("/accuracy") and k.count("/") == 2):
         suite = key.split("/")[1]
         n = int(final.get(f"eval/{suite}/n_tasks", 0))

@@ -5,13 +5,21 @@ start fine-tunes all weights on transcripts the domain's oracle writes for every
 
 - constructor: a document -> the rule masker's span
 - solver:      a task -> a worked solution
-- reviewer:    task, reference and a correct or deliberately wrong solution -> the oracle's critique
-- blind reviewer (no reference) and refiner (wrong solution + critique -> correct solution), so that
-  self-correction has something to start from.
+- reviewer:    task, reference and a solution -> the oracle's critique, which compares the answer with the
+  reference first, then names the first wrong column
+- blind reviewer (no reference), refiner (solution + critique with the reference scrubbed -> the right
+  solution, or the same solution where it was right) and FCP's solver (a solution under the critique it earned),
+  so that self-correction and FCP have something to start from.
+
+The solutions judged are the reference solution, a corrupted one (`domain.corrupt`: a realistic slip), or from
+step `own_samples_from` on, for a share `own_samples`, one of the model's own samples: reviewers learn from the
+errors they will judge in RL, not only from those the corrupter knows.
 
 It runs `warmstart.steps` steps, or stops earlier at the first check (every `check_every` steps from
 `check_from`) where greedy accuracy on the domain's validation suite reaches `stop_accuracy` (and each suite of
-`stop_floors`, e.g. a generalization suite's validation twin, its floor): the learning
+`stop_floors`, e.g. a generalization suite's validation twin, its floor) and, with `role_floors`, every role
+its floor on the solver's own samples (`alive_exp.readiness`: a warm start that stops on the solver alone leaves
+the other roles wherever they happened to be). The learning
 curve is steep (one seed went 30% -> 59% held-out in 15 steps), so a fixed step count cannot leave every seed
 neither hopeless nor perfect, but a stop read off the weights can. The weights are a function of the
 config, the run seed and the torch thread count, never of the machine's speed
@@ -29,20 +37,22 @@ import math
 import random
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from alive_exp import domains, models
+from alive_exp import domains, models, readiness
 from alive_exp.losses import Sample, likelihood_loss
-from alive_exp.roles import RoleTemplates, critique_body, parse_critique, scrub_reference
+from alive_exp.roles import RoleTemplates, critique_body, scrub_reference
 from alive_exp.rollout import Generator
 
 log = logging.getLogger(__name__)
 
-KINDS = ("constructor", "solver", "reviewer", "reviewer_blind", "refiner")
-TRANSCRIPTS_VERSION = 5  # bump when the oracle's transcripts or the loss change: cached warm starts are rebuilt
+KINDS = ("constructor", "solver", "reviewer", "reviewer_blind", "refiner", "fcp_solver")
+JUDGED = ("reviewer", "reviewer_blind", "refiner", "fcp_solver")  # kinds whose transcript is about one solution
+TRANSCRIPTS_VERSION = 6  # bump when the oracle's transcripts or the loss change: cached warm starts are rebuilt
 
 
 def warmstart_options(cfg: DictConfig) -> dict:
@@ -91,12 +101,27 @@ def warmstart_dir(cfg: DictConfig) -> Path:
 
 
 class Transcripts:
-    """An endless, seeded stream of (prompt, completion) pairs from the domain's oracle, for every role."""
+    """An endless, seeded stream of (prompt, completion) pairs from the domain's oracle, for every role.
 
-    def __init__(self, domain, templates: RoleTemplates, docs, mix: dict[str, float], seed: int) -> None:
+    A reviewer, refiner or FCP transcript is about one solution: the reference solution, a corrupted one (a
+    realistic slip, `domain.corrupt`), or, for a share `own_share` once `own` holds any, one of the model's own
+    samples, so that reviewer and refiner learn from the kinds of error they will judge in RL, not only from
+    the slips the corrupter knows.
+    """
+
+    def __init__(self, domain, templates: RoleTemplates, docs, mix: dict[str, float], seed: int,
+                 own_share: float = 0.0) -> None:
         self.domain, self.t, self.docs = domain, templates, docs
-        self.kinds, self.weights = list(mix), [mix[k] for k in mix]
+        self.set_mix(mix)
         self.rng = random.Random(seed)
+        self.own_share = own_share
+        self.own: list[tuple] = []  # (task, the model's sample): refreshed by the warm start's loop
+
+    def set_mix(self, mix: dict[str, float]) -> None:
+        unknown = set(mix) - set(KINDS)
+        if unknown:
+            raise ValueError(f"warmstart.mix: unknown transcript kinds {sorted(unknown)}; known: {list(KINDS)}")
+        self.kinds, self.weights = list(mix), [float(mix[k]) for k in mix]
 
     def task(self):
         doc = self.rng.choice(self.docs)
@@ -104,27 +129,40 @@ class Transcripts:
         s, e = self.rng.choice(spans)
         return doc, s, e, self.domain.make_task(doc, s, e)
 
+    def judged(self, kind: str):
+        """(task, solution, reference solution) a transcript of `kind` is about."""
+        if self.own and self.rng.random() < self.own_share:
+            task, solution = self.rng.choice(self.own)
+            return task, solution, self.domain.solution_text(task)
+        _, _, _, task = self.task()
+        good = self.domain.solution_text(task)
+        wrong = self.domain.corrupt(task, good, self.rng)
+        # refiners meet wrong solutions more often, but right ones often enough to learn to keep them
+        return task, (wrong if wrong and self.rng.random() < (0.6 if kind == "refiner" else 0.5) else good), good
+
     def example(self) -> tuple[str, str]:
         kind = self.rng.choices(self.kinds, self.weights)[0]
-        doc, s, e, task = self.task()
-        self.last_task = task  # what the example was made from (tests read it)
-        good = self.domain.solution_text(task)
-        if kind == "constructor":
-            return self.t.render("constructor", document=doc.text), f"Span: {doc.text[s:e]}"
-        if kind == "solver":
-            return self.t.render("solver", task=task.prompt), good
-        wrong = self.domain.corrupt(task, good, self.rng)
-        # refiner examples are mostly wrong solutions, but some correct ones teach it to keep what is right
-        solution = wrong if wrong and self.rng.random() < (0.7 if kind == "refiner" else 0.5) else good
+        if kind not in JUDGED:
+            doc, s, e, task = self.task()
+            self.last_task = task  # what the example was made from (tests read it)
+            if kind == "constructor":
+                return self.t.render("constructor", document=doc.text), f"Span: {doc.text[s:e]}"
+            return self.t.render("solver", task=task.prompt), self.domain.solution_text(task)
+        task, solution, good = self.judged(kind)
+        self.last_task = task
         # the refiner learns from both critiques it meets: with the reference (training) and blind (self-critique)
         blind = kind == "reviewer_blind" or (kind == "refiner" and self.rng.random() < 0.5)
-        critique = self.domain.critique(task, solution, blind=blind).text
+        critique = self.domain.critique(task, solution, blind=blind)
         if kind == "reviewer":
-            return self.t.render("reviewer", task=task.prompt, reference=task.reference, solution=solution), critique
+            return self.t.render("reviewer", task=task.prompt, reference=task.reference, solution=solution), critique.text
         if kind == "reviewer_blind":
-            return self.t.render("reviewer_blind", task=task.prompt, solution=solution), critique
-        shown, _ = scrub_reference(critique_body(critique), task.reference)  # never the hidden answer
-        return self.t.render("refiner", task=task.prompt, solution=solution, critique=shown), good
+            return self.t.render("reviewer_blind", task=task.prompt, solution=solution), critique.text
+        shown, _ = scrub_reference(critique_body(critique.text), task.reference)  # never the hidden answer
+        if kind == "fcp_solver":  # FCP: a solution under the critique it earned (FCP's own training pairs)
+            return self.t.render("fcp_solver", task=task.prompt, critique=shown), solution
+        # a solution the oracle's blind check accepts (working and answer right) is kept as written
+        keep = self.domain.critique(task, solution, blind=True).verdict is True
+        return self.t.render("refiner", task=task.prompt, solution=solution, critique=shown), solution if keep else good
 
 
 def likelihood_step(model, gen: Generator, pairs: list[tuple[str, str]], pad: int, chunk: int = 16) -> float:
@@ -141,13 +179,6 @@ def likelihood_step(model, gen: Generator, pairs: list[tuple[str, str]], pad: in
     return loss_sum
 
 
-def greedy_solutions(gen: Generator, domain, templates: RoleTemplates, tasks, solver_tokens: int):
-    """The solver's greedy solution of each task, and whether the reference confirms it."""
-    outs = [g[0].text for g in gen.generate([templates.render("solver", task=t.prompt) for t in tasks], n=1,
-                                            max_new_tokens=solver_tokens, temperature=0.0)]
-    return outs, [ok for ok, _ in domain.score_many(outs, tasks)]
-
-
 def optimizer_and_schedule(model, w: DictConfig):
     """AdamW with a linear warm-up and a cosine decay over `cosine_steps` (default: `steps`)."""
     opt = torch.optim.AdamW(model.parameters(), lr=w.lr, weight_decay=w.weight_decay, betas=(0.9, 0.99))
@@ -159,57 +190,19 @@ def optimizer_and_schedule(model, w: DictConfig):
     return opt, sched
 
 
-def heldout_scores(gen: Generator, domain, templates: RoleTemplates, size: int, seed: int, solver_tokens: int,
-                   reviewer_tokens: int) -> dict[str, float]:
-    """Greedy solver accuracy on held-out tasks, and how often the reviewer (with the reference) judges
-    those solutions right, as balanced accuracy over right and wrong ones."""
-    tasks = domain.heldout_tasks(size, seed)
-    outs, correct = greedy_solutions(gen, domain, templates, tasks, solver_tokens)
-    prompts = [templates.render("reviewer", task=t.prompt, reference=t.reference, solution=o) for t, o in zip(tasks, outs)]
-    verdicts = [parse_critique(g[0].text).verdict
-                for g in gen.generate(prompts, n=1, max_new_tokens=reviewer_tokens, temperature=0.0)]
-    per_class = [[v == c for v, c in zip(verdicts, correct) if c is cls] for cls in (True, False)]
-    balanced = [sum(x) / len(x) for x in per_class if x]
-    return {"heldout_accuracy": sum(correct) / max(len(tasks), 1),
-            "heldout_reviewer_balanced_agreement": sum(balanced) / len(balanced) if balanced else 0.0}
-
-
-def _stopping_check(cfg: DictConfig, gen: Generator, templates: RoleTemplates):
-    """With `warmstart.stop_accuracy` set: a function returning (stop?, greedy accuracy per suite) read off the
-    domain's validation suites (never a held-out one), so the warm start can stop where its steep learning
-    curve reaches a chosen accuracy for every seed: `<domain>_validation` at `stop_accuracy`, and every suite
-    of `stop_floors` at its floor (e.g. a generalization suite's validation twin, so the warm start can start
-    on it). The floors are only scored once the first condition holds. The stop is a function of the weights,
-    never of the clock."""
-    w = cfg.warmstart
-    if w.stop_accuracy is None:
-        if w.stop_floors:
-            raise ValueError("warmstart.stop_floors needs warmstart.stop_accuracy set")
-        return None
+def heldout_scores(cfg: DictConfig, gen: Generator, templates: RoleTemplates) -> dict[str, float]:
+    """What metrics.json and the run's `warmstart/*` metrics say of the finished warm start, on held-out problems
+    of the trained shape: greedy solver accuracy (`heldout_accuracy`), and every role on the solver's own
+    samples at the experiment's temperature (`alive_exp.readiness`; `reviewer` is the reviewer's balanced
+    agreement with the reference in view)."""
+    w, g = cfg.warmstart, cfg.trainer.generation
     domain = domains.get(cfg.benchmark.domain, **trained_options(cfg))
-    name = f"{cfg.benchmark.domain}_validation"
-    suites = domain.benchmarks()
-    if name not in suites:
-        raise ValueError(f"warmstart.stop_accuracy needs a validation suite; domain {cfg.benchmark.domain!r} with these "
-                         f"options has none (suites: {sorted(suites)}). Set warmstart.stop_accuracy=null.")
-    wanted = {name: float(w.stop_accuracy), **{str(k): float(v) for k, v in w.stop_floors.items()}}
-    unknown = [k for k in wanted if k not in suites or not k.endswith("_validation")]
-    if unknown:
-        raise ValueError(f"warmstart.stop_floors: {unknown} are not validation suites of domain "
-                         f"{cfg.benchmark.domain!r} (validation suites: "
-                         f"{sorted(k for k in suites if k.endswith('_validation'))})")
-    tasks = {k: suites[k](int(w.check_size), 0) for k in wanted}
-
-    def check() -> tuple[bool, dict[str, float]]:
-        scores: dict[str, float] = {}
-        for k, floor in wanted.items():
-            _, correct = greedy_solutions(gen, domain, templates, tasks[k], cfg.trainer.generation.solver_tokens)
-            scores[k] = sum(correct) / max(len(tasks[k]), 1)
-            if scores[k] < floor:
-                return False, scores
-        return True, scores
-
-    return check
+    tasks = domain.heldout_tasks(int(w.eval_size), cfg.seed)
+    _, correct = readiness.greedy_solutions(gen, domain, templates, tasks, g.solver_tokens)
+    ready = readiness.measure(gen, domain, templates, tasks, samples_per_task=int(w.readiness_samples),
+                              temperature=g.temperature, seed=warmstart_seed(cfg) + 1, solver_tokens=g.solver_tokens,
+                              reviewer_tokens=g.reviewer_tokens)
+    return {"heldout_accuracy": sum(correct) / max(len(tasks), 1), **ready.scores}
 
 
 def build_warmstart(cfg: DictConfig, progress: bool = True) -> Path:
@@ -224,8 +217,20 @@ def build_warmstart(cfg: DictConfig, progress: bool = True) -> Path:
     return out
 
 
-def _train_warmstart(cfg: DictConfig, out: Path, progress: bool) -> None:
-    w = cfg.warmstart
+def refresh_own_samples(stream: Transcripts, gen: Generator, templates: RoleTemplates, size: int, temperature: float,
+                        solver_tokens: int, seed: int) -> None:
+    """The model's own solutions of `size` training tasks at the experiment's temperature (seeded): what reviewer,
+    refiner and FCP transcripts are about for a share `warmstart.own_samples` from now on."""
+    tasks = [stream.task()[3] for _ in range(size)]
+    outs = gen.generate([templates.render("solver", task=t.prompt) for t in tasks], n=1, max_new_tokens=solver_tokens,
+                        temperature=temperature, seed=seed)
+    stream.own = [(t, g[0].text) for t, g in zip(tasks, outs)]
+
+
+def _train_warmstart(cfg: DictConfig, out: Path, progress: bool, curve: Callable[[dict], None] | None = None) -> None:
+    """The warm start's loop. `curve`: a learning curve instead of a stopping rule (scripts/warmstart_curve.py):
+    every suite and role is scored at every check, handed to `curve`, and the build runs all its steps."""
+    w, g = cfg.warmstart, cfg.trainer.generation
     seed, threads = warmstart_seed(cfg), warmstart_threads(cfg)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -236,15 +241,19 @@ def _train_warmstart(cfg: DictConfig, out: Path, progress: bool) -> None:
     torch.manual_seed(seed)
     templates = RoleTemplates(**OmegaConf.to_container(cfg.roles, resolve=True))
     gen = Generator(model, tok, batch_size=128)
-    stream = Transcripts(domain, templates, domain.documents("train", w.train_docs, seed), dict(w.mix), seed)
+    stream = Transcripts(domain, templates, domain.documents("train", w.train_docs, seed), dict(w.mix), seed,
+                         own_share=float(w.own_samples))
     opt, sched = optimizer_and_schedule(model, w)
     model.train()
     start, losses = time.perf_counter(), []
-    check = _stopping_check(cfg, gen, templates)
-    checks: list[tuple[int, float]] = []
+    rule = readiness.StoppingRule(cfg, gen, templates, domains.get(cfg.benchmark.domain, **trained_options(cfg)))
+    checks: list[dict] = []
     bar = _progress(progress, w.steps)
     try:
         for step in range(w.steps):
+            if w.own_samples and step >= w.own_samples_from and (step - w.own_samples_from) % w.own_samples_every == 0:
+                refresh_own_samples(stream, gen, templates, int(w.own_samples_pool), g.temperature, g.solver_tokens,
+                                    seed + step)
             opt.zero_grad(set_to_none=True)
             loss = likelihood_step(model, gen, [stream.example() for _ in range(w.batch_size)], tok.pad_token_id)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -257,21 +266,22 @@ def _train_warmstart(cfg: DictConfig, out: Path, progress: bool) -> None:
                     f"warm start overran warmstart.max_minutes={w.max_minutes} after {step + 1} of {w.steps} steps "
                     f"({threads} torch threads); nothing was cached. Raise warmstart.max_minutes (0 = no limit) or "
                     "lower warmstart.steps: the step count, not the clock, decides the weights.")
-            if check is not None and step + 1 >= w.check_from and (step + 1) % w.check_every == 0:
-                stop, scores = check()  # generate restores the training mode
-                checks.append({"step": step + 1, **scores})
-                if stop:
+            if rule.enabled and step + 1 >= w.check_from and (step + 1) % w.check_every == 0:
+                stop, scores = rule(step + 1, score_all=curve is not None)  # generate restores the training mode
+                checks.append({"step": step + 1, "seconds": round(time.perf_counter() - start, 1), **scores})
+                if curve is not None:
+                    curve(checks[-1])
+                elif stop:
                     break
+                if rule.solver_held and w.role_mix is not None:  # the solver is in its band: the other roles catch up
+                    stream.set_mix(dict(w.role_mix))
         else:
-            if check is not None:
-                log.warning("warm start: validation accuracy never reached warmstart.stop_accuracy=%s (floors %s) in "
-                            "%d steps (last check %s); it ran all of warmstart.steps", w.stop_accuracy,
-                            dict(w.stop_floors), w.steps, checks[-1] if checks else "none")
+            if rule.enabled and curve is None:
+                log.warning("warm start: not every floor held in %d steps (last check %s); it ran all of "
+                            "warmstart.steps", w.steps, checks[-1] if checks else "none")
         train_s = time.perf_counter() - start
         model.eval()
-        g = cfg.trainer.generation
-        scores = heldout_scores(gen, domains.get(cfg.benchmark.domain, **trained_options(cfg)), templates,
-                                w.eval_size, cfg.seed, g.solver_tokens, g.reviewer_tokens)
+        scores = heldout_scores(cfg, gen, templates)
     finally:
         bar.close()
         torch.set_num_threads(previous)
@@ -279,14 +289,14 @@ def _train_warmstart(cfg: DictConfig, out: Path, progress: bool) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
+    ready_at = checks[-1]["step"] if checks and "unmet" not in checks[-1] else None
     metrics = {**scores, "steps": len(losses), "final_loss": losses[-1], "train_seconds": round(train_s, 1),
-               "threads": threads, "seed": seed, "eval_size": int(w.eval_size),
+               "threads": threads, "seed": seed, "eval_size": int(w.eval_size), "floors_met_at": ready_at,
                "validation_checks": checks}
     (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
     tmp.rename(out)
-    log.info("warm start cached at %s: held-out accuracy %.1f%%, reviewer balanced agreement %.1f%%, after %d steps "
-             "(%.0f s, %d threads)", out, 100 * scores["heldout_accuracy"],
-             100 * scores["heldout_reviewer_balanced_agreement"], len(losses), train_s, threads)
+    log.info("warm start cached at %s after %d steps (%.0f s, %d threads): %s", out, len(losses), train_s, threads,
+             readiness.describe(scores))
 
 
 class _progress:

@@ -194,21 +194,28 @@ def first_error(task_prompt: str, completion: str) -> str | None:
     return None
 
 
-def critique_text(task_prompt: str, completion: str, final: str | None, ok: bool, masked_kind: str) -> tuple[str, bool]:
+def critique_text(task_prompt: str, completion: str, final: str | None, ok: bool, masked_kind: str,
+                  reference: str | None = None) -> tuple[str, bool]:
     """(critique, blind verdict) for one solution of a column task; `ok` is the check against the reference.
 
-    Only numbers the solution wrote appear, so a refiner reading it learns where to look, not what to write.
+    Blind (`reference` None): only numbers the solution wrote appear, so the critique says where to look, not
+    what to write. With the reference in view, the critique first compares the final answer with it (the
+    check a reviewer that sees the reference must make), then points at the first wrong column. What a refiner
+    or an FCP solver reads is that critique with the reference scrubbed out (`roles.scrub_reference`).
     """
+    lead = ""
+    if reference is not None:
+        lead = f"Answer {final if final is not None else 'missing'}, reference {reference}: {'same' if ok else 'different'}. "
     if final is None:
-        return "No 'Answer:' line.", False
+        return f"{lead}No 'Answer:' line.", False
     error = first_error(task_prompt, completion)
     if error:
-        return error, False
+        return lead + error, False
     if ok:
-        return "Each column checks out and the answer is right.", True
+        return lead + ("Each column checks out." if lead else "Each column checks out and the answer is right."), True
     if masked_kind == "whole":
-        return "Columns right, but the answer line does not put their digits together.", False
-    return f"Working right, but the answer line does not give the hidden {masked_kind}.", False
+        return lead + "Columns right, but the answer line does not put their digits together.", False
+    return lead + f"Working right, but the answer line does not give the hidden {masked_kind}.", False
 
 
 FAULTS = ("wrong_sum", "carry_dropped", "carry_twice", "carry_mark", "skip")
@@ -257,6 +264,34 @@ def faulty_working(a: int, op: str, b: int, at: int, fault: str, delta: int) -> 
     return lines, text
 
 
+ANSWER_FAULTS = ("answer_line", "no_answer", "extra_line")  # the working right, the answer not: a model's own slips
+
+
+def answer_fault(a: int, op: str, b: int, fault: str, rng: random.Random) -> str:
+    """A whole solution whose columns are right but whose answer is not: the answer line misreads the columns
+    (a digit changed, two swapped, the carry-out dropped), is missing, or follows an extra column line."""
+    cols = columns(a, op, b)
+    lines = [c.line(op) for c in cols]
+    right = str(answer(a, op, b))
+    if fault == "no_answer":
+        return "\n".join(lines)
+    if fault == "extra_line":
+        x, y = rng.randint(1, 9), rng.randint(0, 9)  # a column past the last, its digit written before the answer
+        extra = Column((x, y) if op == "+" else (max(x, y), -min(x, y)), x + y if op == "+" else abs(x - y), False, 2)
+        return "\n".join([*lines, extra.line(op), f"Answer: {extra.total % 10 or x}{right}"])
+    kind = rng.choice(("digit", "swap", "carry_out"))
+    if kind == "carry_out" and op == "+" and len(right) > len(str(max(a, b))):
+        wrong = right[1:]
+    elif kind == "swap" and len(right) > 1:
+        i = rng.randrange(len(right) - 1)
+        wrong = right[:i] + right[i + 1] + right[i] + right[i + 2:]
+    else:
+        i = rng.randrange(len(right))
+        wrong = right[:i] + str((int(right[i]) + rng.randint(1, 9)) % 10) + right[i + 1:]
+    wrong = wrong.lstrip("0") or "0"
+    return "\n".join([*lines, f"Answer: {wrong}"])
+
+
 def corrupt(task_prompt: str, solution: str, rng: random.Random, answer_of: Callable[[str], str | None]) -> str | None:
     """A deliberately wrong solution of a column task (reviewer and refiner warm-up): one realistic slip.
 
@@ -270,7 +305,12 @@ def corrupt(task_prompt: str, solution: str, rng: random.Random, answer_of: Call
     whole = len(task_prompt.splitlines()) == 1
     for _ in range(20):
         at = rng.randrange(n_cols) if whole else len(given)
-        fault = rng.choice(FAULTS if whole else FAULTS[:4])
+        fault = rng.choice(FAULTS + ANSWER_FAULTS if whole else FAULTS[:4])
+        if fault in ANSWER_FAULTS:
+            wrong = answer_fault(a, op, b, fault, rng)
+            if answer_of(wrong) != answer_of(solution):
+                return wrong
+            continue
         out = faulty_working(a, op, b, at, fault, rng.choice([-3, -2, -1, 1, 2, 3]))
         if out is None:
             continue

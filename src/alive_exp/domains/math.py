@@ -353,19 +353,20 @@ class MathDomain(Domain):
 
     # -- oracle ---------------------------------------------------------------------------------
     def critique(self, task: Task, completion: str, *, blind: bool = False) -> Critique:
-        """Points at the first wrong step or column and says what kind of error it is, without the answer.
+        """Points at the first wrong step or column and says what kind of error it is.
 
-        A critique quotes only numbers of the task and the solution: a refiner that reads it learns where to
-        look, not what to write (the reviewer sees the reference; its critique must not hand it on). With the
-        reference in view the verdict is the reference check; blind, it is what the working shows.
+        With the reference in view (a reviewer's critique) it first compares the final answer with the
+        reference, and the verdict is that check; blind (self-critique) it quotes only numbers of the task
+        and the solution, and the verdict is what the working shows. A refiner or an FCP solver reads a
+        critique with the reference scrubbed out (`roles.scrub_reference`), so it learns where to look,
+        not what to write.
         """
         answer = self.extract_answer(completion)
         ok = answer is not None and self.verify(answer, task.reference)
         if col.parse_question(task.prompt) is not None:
-            text, blind_verdict = col.critique_text(task.prompt, completion, answer, ok, task.meta.get("kind", "whole"))
-            verdict = blind_verdict if blind else ok
-            if not blind and ok and not blind_verdict:  # a lucky slip: right answer, wrong working
-                text = f"The answer is right. {text}"
+            text, blind_verdict = col.critique_text(task.prompt, completion, answer, ok, task.meta.get("kind", "whole"),
+                                                    None if blind else task.reference)
+            verdict = blind_verdict if blind else ok  # with the reference: the answer's check (a lucky slip passes)
             return Critique(f"{text}\n{verdict_line(verdict)}", verdict)
         if answer is None:
             text = f"The solution never states a final answer on an '{self.answer_prefix}' line."

@@ -1,0 +1,155 @@
+"""Every role ready before RL: what `readiness.measure` counts, the warm start's stopping rule on every role,
+and the transcripts that teach reviewers and refiners on the model's own samples."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from alive_exp import domains, readiness
+from alive_exp.roles import RoleTemplates, critique_body, scrub_reference
+from alive_exp.rollout import Completion
+from alive_exp.warmstart import Transcripts, build_warmstart
+from conftest import compose_cfg
+
+MATH = domains.get("math", sources=["column_arithmetic"])
+TEMPLATES = RoleTemplates(**dict(compose_cfg(["+experiment=math"]).roles))
+
+
+class ScriptedPolicy:
+    """A policy whose every role is a rule (the generator's interface, nothing learned): the solver writes the
+    reference solution for even problems and a slip for odd ones; the reviewer, refiner and blind reviewer are
+    given as functions of the task and solution they read, so each figure `measure` reports is known."""
+
+    def __init__(self, tasks, review, blind_review, refine) -> None:
+        self.by_prompt = {TEMPLATES.render("solver", task=t.prompt): (i, t) for i, t in enumerate(tasks)}
+        self.tasks = {t.prompt: t for t in tasks}
+        self.review, self.blind_review, self.refine = review, blind_review, refine
+
+    def solution(self, task, i):
+        good = MATH.solution_text(task)
+        return good if i % 2 == 0 else MATH.corrupt(task, good, random.Random(i))
+
+    def text(self, prompt: str) -> str:
+        if prompt in self.by_prompt:
+            i, task = self.by_prompt[prompt]
+            return self.solution(task, i)
+        task = self.tasks[next(line for line in prompt.splitlines() if line.startswith("Question:"))]
+        solution = prompt.split("\nSolution:\n", 1)[1].split("\nCritique: ", 1)[0]
+        if prompt.startswith("Revise"):
+            return self.refine(task, solution, prompt.split("\nCritique: ", 1)[1])
+        return self.review(task, solution) if "\nReference: " in prompt else self.blind_review(task, solution)
+
+    def generate(self, prompts, *, n=1, **_):
+        return [[Completion(p, self.text(p), [], [], False) for _ in range(n)] for p in prompts]
+
+
+def run_measure(**roles):
+    tasks = MATH.benchmarks()["math_validation"](10, 0)
+    policy = ScriptedPolicy(tasks, **roles)
+    return readiness.measure(policy, MATH, TEMPLATES, tasks, samples_per_task=1, temperature=0.7, seed=0,
+                             solver_tokens=64, reviewer_tokens=48)
+
+
+def oracle_review(task, solution):
+    return MATH.critique(task, solution).text
+
+
+def test_a_policy_that_plays_every_role_like_the_oracle_is_ready():
+    r = run_measure(review=oracle_review, blind_review=lambda t, s: MATH.critique(t, s, blind=True).text,
+                    refine=lambda t, s, c: MATH.solution_text(t) if "different" in c or "wrong" in c else s)
+    assert r.scores["solver_sampled"] == pytest.approx(0.5)
+    for key in readiness.FLOORS:
+        assert r.scores[key] == pytest.approx(1.0), key
+    assert r.scores["missing_verdicts"] == 0.0
+    assert not r.unmet({"reviewer": 0.95, "refiner_keeps": 0.95}, 0.02)
+    # what the refiner read: the oracle's critique with the reference scrubbed, never the hidden answer
+    assert all(t.reference not in critique.split() for (critique, _, _), t in
+               zip(r.revisions, [t for t in MATH.benchmarks()["math_validation"](10, 0)]))
+
+
+def test_rejecting_everything_is_chance_and_a_refiner_that_copies_keeps_but_never_fixes():
+    r = run_measure(review=lambda t, s: "Wrong.\nVerdict: incorrect", blind_review=lambda t, s: "Wrong.",
+                    refine=lambda t, s, c: s)
+    assert r.scores["reviewer"] == pytest.approx(0.5)  # every wrong one caught, every right one rejected
+    assert r.scores["reviewer_blind"] == pytest.approx(0.0)  # no verdict is never an agreement
+    assert r.scores["missing_verdicts"] == pytest.approx(0.5)  # half the reviews (the blind ones) have none
+    assert r.scores["refiner_fixes"] == 0.0 and r.scores["refiner_keeps"] == 1.0
+    unmet = r.unmet({"reviewer": 0.95, "refiner_fixes": 0.4, "refiner_keeps": 0.95}, 0.02)
+    assert unmet == ["reviewer 0.500 < 0.95", "refiner_fixes 0.000 < 0.4", "missing_verdicts 0.500 > 0.02"]
+
+
+def test_role_floors_name_unknown_roles():
+    with pytest.raises(ValueError, match="revewer"):
+        readiness.check_floors({"revewer": 0.9}, None)
+
+
+def test_refiner_transcripts_keep_what_is_right_and_fix_what_is_not():
+    stream = Transcripts(MATH, TEMPLATES, MATH.documents("train", 200, 0), {"refiner": 1.0}, seed=0)
+    kept = fixed = 0
+    for _ in range(300):
+        prompt, completion = stream.example()
+        solution = prompt.split("\nSolution:\n", 1)[1].split("\nCritique: ", 1)[0]
+        task = stream.last_task
+        if MATH.critique(task, solution, blind=True).verdict:
+            assert completion == solution  # an accepted solution comes back as written
+            kept += 1
+        else:
+            assert completion == MATH.solution_text(task)
+            fixed += 1
+    assert kept > 80 and fixed > 80
+
+
+def test_reviewer_transcripts_judge_the_models_own_samples():
+    stream = Transcripts(MATH, TEMPLATES, MATH.documents("train", 200, 0), {"reviewer": 1.0}, seed=0, own_share=0.5)
+    own = {}
+    for _ in range(20):
+        task = stream.task()[3]
+        own[task.prompt] = "8+1=9\nAnswer: 9"  # a sample no corrupter writes
+        stream.own.append((task, own[task.prompt]))
+    seen = 0
+    for _ in range(200):
+        prompt, critique = stream.example()
+        task = stream.last_task
+        solution = prompt.split("\nSolution:\n", 1)[1]
+        if own.get(task.prompt) == solution:
+            seen += 1
+            assert critique == MATH.critique(task, solution).text and f"reference {task.reference}" in critique
+    assert 70 < seen < 130
+
+
+def test_the_warm_start_stops_only_when_every_role_holds_its_floor(small_cfg):
+    """A floor no role can reach keeps the build going to its last step (every check recording what was unmet);
+    floors every role holds stop it at the first check where the solver's do."""
+    base = ["warmstart.enabled=true", "warmstart.steps=4", "warmstart.batch_size=8", "warmstart.check_from=2",
+            "warmstart.check_every=2", "warmstart.check_size=2", "warmstart.eval_size=2", "warmstart.stop_accuracy=0.0",
+            "warmstart.stop_floors.math_longer_validation=0.0", "warmstart.readiness_samples=1",
+            "hardware.torch_threads=1", "warmstart.own_samples_from=1", "warmstart.own_samples_every=2",
+            "warmstart.own_samples_pool=4", "warmstart.max_missing_verdicts=1.0"]
+    floors = {k: 0.0 for k in readiness.FLOORS}
+    never = json.loads((build_warmstart(small_cfg(*base, *(f"warmstart.role_floors.{k}={v}" for k, v in floors.items()),
+                                                  "warmstart.role_floors.reviewer=1.01"), progress=False)
+                        / "metrics.json").read_text())
+    assert never["steps"] == 4 and never["floors_met_at"] is None
+    assert [c["step"] for c in never["validation_checks"]] == [2, 4]
+    assert all(c["unmet"].startswith("reviewer ") and "role/reviewer" in c for c in never["validation_checks"])
+    met = json.loads((build_warmstart(small_cfg(*base, *(f"warmstart.role_floors.{k}={v}" for k, v in floors.items())),
+                                      progress=False) / "metrics.json").read_text())
+    assert met["steps"] == 2 and met["floors_met_at"] == 2
+    for key in ("reviewer", "reviewer_blind", "refiner_fixes", "refiner_keeps", "missing_verdicts", "solver_sampled"):
+        assert 0.0 <= met[key] <= 1.0, key
+
+
+def test_role_floors_without_a_solver_stop_are_refused(small_cfg):
+    with pytest.raises(ValueError, match="stop_accuracy"):
+        build_warmstart(small_cfg("warmstart.enabled=true", "warmstart.stop_accuracy=null",
+                                  "warmstart.role_floors={reviewer: 0.9}"), progress=False)
+
+
+def test_scrubbed_critique_is_what_refiners_read():
+    task = MATH.benchmarks()["math_validation"](1, 0)[0]
+    critique = MATH.critique(task, MATH.solution_text(task)).text
+    assert f"reference {task.reference}" in critique
+    assert task.reference not in scrub_reference(critique_body(critique), task.reference)[0].split()
