@@ -131,28 +131,34 @@ def _grads(model) -> torch.Tensor:
     return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]).detach().clone()
 
 
-def test_our_advantages_are_trls_for_each_scaling(trainer):
+@pytest.fixture(scope="module")
+def theirs(trainer):
+    """TRL's advantages for each scaling and its gradient for each loss type (scale_rewards="group")."""
+    advantages = {scale: _trl(trainer, "dapo", scale)[0] for scale in SCALINGS}
+    gradients = {loss_type: _trl(trainer, loss_type, "group")[1] for loss_type in LOSS_TYPES}
+    return advantages, gradients
+
+
+def test_our_advantages_are_trls_for_each_scaling(trainer, theirs):
     ours = copy.deepcopy(trainer.model)
-    for scale in SCALINGS:
-        theirs, _ = _trl(trainer, "dapo", scale)
+    for scale, want in theirs[0].items():
         mine, _ = _ours(ours, "dapo", scale, [slice(0, 12)])
-        gap = max(abs(a - b) for a, b in zip(mine, theirs))
-        assert gap <= FLOAT32 * max(map(abs, theirs)), f"scale_rewards={scale}: ours differ from TRL's by {gap:.3g}"
+        gap = max(abs(a - b) for a, b in zip(mine, want))
+        assert gap <= FLOAT32 * max(map(abs, want)), f"scale_rewards={scale}: ours differ from TRL's by {gap:.3g}"
         assert mine[8:] == [0.0] * 4  # all equal: no signal, whatever the scaling
-    # the scalings really differ on these groups
-    assert _trl(trainer, "dapo", "batch")[0] != pytest.approx(_trl(trainer, "dapo", "group")[0], abs=1e-2)
+    assert theirs[0]["batch"] != pytest.approx(theirs[0]["group"], abs=1e-2)  # the scalings differ here
 
 
 @pytest.mark.parametrize("loss_type", list(LOSS_TYPES))
-def test_our_gradient_is_trls_for_each_loss_type(trainer, loss_type):
-    ours = copy.deepcopy(trainer.model)
-    _, theirs = _trl(trainer, loss_type, "group")
-    scale = float(theirs.abs().max())
+def test_our_gradient_is_trls_for_each_loss_type(trainer, theirs, loss_type):
+    want = theirs[1][loss_type]
+    scale = float(want.abs().max())
     assert scale > 1e-2
+    ours = copy.deepcopy(trainer.model)
     for cut in ([slice(0, 12)], [slice(0, 5), slice(5, 7), slice(7, 12)]):
         _, mine = _ours(ours, loss_type, "group", cut)
-        gap = float((mine - theirs).abs().max())
+        gap = float((mine - want).abs().max())
         assert gap <= FLOAT32 * scale, f"{loss_type}: ours differs from TRL's by {gap:.3g} (largest {scale:.3g})"
-    for other in LOSS_TYPES:  # each loss type has its own gradient here: the comparison can tell them apart
+    for other, g in theirs[1].items():  # each loss type has its own gradient here: the check tells them apart
         if other != loss_type:
-            assert float((_trl(trainer, other, "group")[1] - theirs).abs().max()) > 1e3 * FLOAT32 * scale
+            assert float((g - want).abs().max()) > 1e3 * FLOAT32 * scale, other
