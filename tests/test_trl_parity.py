@@ -5,7 +5,9 @@ different lengths, one step of several local batches. Ratio 1, no KL, float32.
 
 TRL generates nothing here: its `rollout_func` hook hands it our token ids, and a reward function our rewards;
 everything after that (padding, masks, rewards to advantages, the token count, each loss type's division,
-the split into local batches of `per_device_train_batch_size`) is TRL's code.
+the split into local batches of `per_device_train_batch_size`) is TRL's code. TRL's training loop shuffles
+the generation batch before it cuts it into local batches; here it is cut in order, so bnpo's local batches
+hold the same consecutive samples as ours. trl is a dev dependency (pyproject's [dev]): no skip without it.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import torch
 
 from alive_exp.losses import LOSS_TYPES, Sample, group_advantages, normalise, role_loss
 
-trl = pytest.importorskip("trl")  # a dev dependency (pyproject's [dev]); the suite installs it
 pytestmark = [pytest.mark.filterwarnings("ignore:You are using 'rollout_func'"),
               pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated")]
 
