@@ -21,6 +21,7 @@ program's runner (for `serve`), both under `python -I`, where alive_exp cannot b
 import builtins
 import marshal
 import os
+import sys
 
 try:  # json's C parts: the json package itself imports re, which would double the cost of a run's start
     from _json import encode_basestring_ascii as _quote
@@ -136,6 +137,11 @@ def receive(fd):
 def serve(fd, namespace, filename):
     """Answer the judge's calls to functions in `namespace` until it hangs up."""
     while True:
+        for stream in (sys.stdout, sys.stderr):  # the run is killed once the judge is done: print now
+            try:
+                stream.flush()
+            except BaseException:
+                pass
         try:
             name, args, kwargs = receive(fd)
         except EOFError:
