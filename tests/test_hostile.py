@@ -50,27 +50,23 @@ BODIES = {
     "pass from finally": "try:\n    return 1 / 0\nfinally:\n    print('All tests passed')\n    import os\n    os._exit(0)",
     "hunt gc and frames for a secret": """
         import gc, os, re, sys
-        found, hexes = set(), re.compile(r"[0-9a-f]{32}")
-        def look(v):
-            if isinstance(v, bytes):
-                v = v.decode("latin-1")
-            if isinstance(v, str):
-                found.update(hexes.findall(v))
-        for o in gc.get_objects():
-            for v in (o.values() if isinstance(o, dict) else o if isinstance(o, (list, tuple)) else (o,)):
-                look(v)
+        found, hexes = [], re.compile(rb"[0-9a-f]{32}")
+        def look(v):  # a secret a runner would keep: 32 hex digits
+            if isinstance(v, (bytes, str)) and len(v) == 32 and hexes.fullmatch(v.encode() if isinstance(v, str) else v):
+                found.append(v.encode() if isinstance(v, str) else v)
         for frame in sys._current_frames().values():
             while frame is not None:
-                for v in list(frame.f_locals.values()) + list(frame.f_globals.values()):
+                for v in list(frame.f_locals.values()):
                     look(v)
                 frame = frame.f_back
-        for token in found | {"0" * 32}:
-            for fd in range(3, 256):
-                for data in (token.encode(), b"\\n" + token.encode()):
-                    try:
-                        os.write(fd, data)
-                    except OSError:
-                        pass
+        for o in gc.get_objects():
+            for v in (o.values() if isinstance(o, dict) else o if isinstance(o, (list, tuple)) and o is not found else ()):
+                look(v)
+        for fd in range(3, 256):  # the first find, once, wherever it may count
+            try:
+                os.write(fd, (found or [b"0" * 32])[0])
+            except OSError:
+                pass
         os._exit(0)""",
     "forged verdicts on every fd": """
         import os
