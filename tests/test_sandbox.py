@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from alive_exp import sandbox, sandbox_launcher
+from alive_exp import sandbox, sandbox_judge, sandbox_launcher
 from alive_exp.sandbox import SandboxResult, run_many, run_python
 
 ISOLATION = run_python("pass").isolation
@@ -376,3 +376,77 @@ def test_run_many_runs_in_parallel():
     elapsed = time.monotonic() - start
     assert all(r.passed for r in results)
     assert elapsed < 2.5, elapsed  # serial would take 4 s
+
+
+# -- judged runs: the tests run in the judge, the program serves its functions ---------------------------
+
+PLAIN = [None, True, False, 0, -7, 2**200, 1.5, -0.0, float("inf"), "", "é\ud800\n\"", b"\x00\xff", 1 + 2j,
+         [1, [2.0, "x"]], (1,), (), {3, (4, 5)}, frozenset({1}), {"a": 1, (1, 2): [None], 3: {4: b""}}, set(), {}]
+
+
+def test_plain_values_cross_exactly_and_nothing_else_does():
+    for value in PLAIN:
+        back = sandbox_judge.decode(sandbox_judge.encode(value))
+        assert back == value and type(back) is type(value), (value, back)
+    nan = sandbox_judge.decode(sandbox_judge.encode(float("nan")))
+    assert nan != nan
+    for text in ['{"x": 1}', '{"t": 1}', '{"d": [[1]]}', '{"s": [[1]]}', '[1] 2', '{"t": [], "s": []}', "x"]:
+        with pytest.raises(Exception):  # noqa: B017 - any exception: never a value
+            sandbox_judge.decode(text)
+    class Int(int):
+        pass
+    for value in [object(), Int(1), [1, Int(2)], {1: range(3)}]:
+        with pytest.raises(TypeError, match="not a plain value"):
+            sandbox_judge.encode(value)
+
+
+def test_judged_runs():
+    program = textwrap.dedent("""
+        import math, os, sys
+        print("imported")
+        def values(x, scale=1):
+            print("called", x)
+            return [x * scale, math.pi, (1, "a"), {2, 3}, {"k": b"v"}, 1j, None, True]
+        def positive(x):
+            if x < 0:
+                raise ValueError("negative")
+            return x
+        def leave():
+            os._exit(0)
+        def helper(x):  # the prelude's helper, redefined: the judge keeps the prelude's
+            return 0
+    """)
+    cases = {
+        "values and tolerances": ("v = values(2, scale=3)\nassert v[0] == 6 and math.isclose(v[1], 3.14159, rel_tol=1e-5)\n"
+                                  "assert v[2:] == [(1, 'a'), {2, 3}, {'k': b'v'}, 1j, None, True] and v[-1] is True\n", True),
+        "an exception the tests expect": ("try:\n    positive(-1)\nexcept ValueError as e:\n    assert 'negative' in str(e)\n"
+                                          "else:\n    assert False\nassert positive(2) == 2\n", True),
+        "the prelude's helper": ("assert helper(2) == 4\n", True),
+        "a lost program is not an expected exception": ("try:\n    leave()\nexcept Exception:\n    pass\n", False),
+        "a bare except cannot swallow it either": ("for _ in range(2):\n    try:\n        leave()\n    except:\n        pass\n", False),
+        "an argument that cannot cross": ("assert positive(lambda: 1) is not None\n", False),
+        "a function the program lacks": ("absent(1)\n", False),
+        "a failing check": ("assert positive(3) == 4, 'three is not four'\n", False),
+    }
+    math_prelude = "import math\ndef helper(x):\n    return x * 2\n"
+    runs = [(program, sandbox.Tests(src, prelude=math_prelude, calls=("values",))) for src, _ in cases.values()]
+    results = dict(zip(cases, sandbox.judge_many(runs, timeout_s=5.0)))
+    assert {n: r.passed for n, r in results.items()} == {n: want for n, (_, want) in cases.items()}, results
+    assert results["values and tolerances"].stdout == "imported\ncalled 2\n"
+    assert all("judge" in r.isolation and "nonce" not in r.isolation for r in results.values())
+    failures = {n: r.failure for n, r in results.items() if not r.passed}
+    assert failures["a lost program is not an expected exception"].kind == "lost"
+    assert "cannot cross" in failures["an argument that cannot cross"].message
+    assert failures["a function the program lacks"].message == "NameError: name 'absent' is not defined"
+    assert failures["a failing check"] == sandbox.Failure("check", "AssertionError: three is not four",
+                                                          "assert positive(3) == 4, 'three is not four'")
+    if "uid" in ISOLATION:
+        assert _sandbox_procs() == []  # program and judge: all gone when the call returns
+
+
+def test_a_judged_run_that_never_answers_times_out_and_leaves_nothing():
+    r = sandbox.judge("import os, time\nif os.fork() == 0:\n    time.sleep(30)\ndef f():\n    time.sleep(30)\n",
+                      sandbox.Tests("f()\n"), timeout_s=1.0)
+    assert r.timed_out and not r.passed and r.reason == "timeout" and r.duration_s < 3
+    if "uid" in ISOLATION:
+        assert _sandbox_procs() == []

@@ -1,13 +1,27 @@
-"""Contained executor for model-written Python code.
+"""Contained executor for model-written Python code, and the judge that decides code verdicts.
 
 Rewards come from running untrusted programs, which must neither fake a pass (`sys.exit(0)` before
-the tests, printing a guessed "OK") nor harm the trainer or the machine. Each run is a fresh
-`python -I` process; the mechanisms in force are probed once and named in `SandboxResult.isolation`:
+the tests, printing a guessed "OK", finding a secret, rigging `__eq__`) nor harm the trainer or the
+machine. Two entry points:
 
-- "nonce": a per-run `secrets` nonce reaches the trusted runner through an unlinked file it reads and
-  closes before the user code starts, and goes to a dedicated pipe only after that code ends. It is
-  in no argv, env var, file or source, so guessing or exiting early cannot pass. (Same process, so
-  code that walks the runner's frames could find it: this stops accidents and cheap hacks.)
+- `judge(program, tests)`: how every code verdict is decided. The program runs contained and serves its
+  functions over a socket; the tests run in the judge (`sandbox_judge`), a process forked by the launcher
+  that holds no model code, under a uid of its own, not dumpable. Only plain values cross, rebuilt in the
+  judge, and the verdict goes to a pipe only the judge holds, with a token only it and we know. Nothing
+  the program does (exit early, print, write to its fds, patch builtins, hunt frames or /proc) is read as
+  a pass; the worst it can do is fail.
+- `run_python(code)`: runs a program; passed = it ran to its end and exited 0 (CodeI/O's data draws).
+
+Each run is a fresh `python -I` process; the mechanisms in force are probed once and named in
+`SandboxResult.isolation`:
+
+- "judge" (judged runs): as above. Without "uid" the judge shares the program's uid; then only its being
+  non-dumpable (the kernel's ptrace rules) keeps the program out of it, and the program could stop it
+  (a failure, never a pass).
+- "nonce" (`run_python`): a per-run `secrets` nonce reaches the trusted runner through an unlinked file it
+  reads and closes before the user code starts, and goes to a dedicated pipe only after that code ends.
+  It is in no argv, env var, file or source, so guessing or exiting early cannot pass; code that walks
+  the runner's frames can find it, which is why no verdict rests on it.
 - "rlimits": CPU, AS, NPROC, FSIZE, CORE=0.
 - "reaper": a launcher (`sandbox_launcher`, a fresh single-threaded `python -S` process, so no `preexec_fn`
   or `fork` runs in the threaded trainer) applies every limit below, starts the code in its own session

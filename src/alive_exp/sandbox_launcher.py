@@ -11,6 +11,10 @@ command line from `launcher_argv`. It is a separate process for two reasons:
   (and uid), then reaps until it has no child left. When it exits, no process of the run exists, not
   even a zombie; its exit status is the run's (`START_FAILED` if the run could not start).
 
+In a judged run it forks the judge first (`start_judge`: its own session and uid, not dumpable, nothing
+open but the spec, its end of the socket and the verdict pipe), closes those fds, then forks the run. The
+judge's exit ends the run; the exit status is then the run's if it had ended by itself, else 0.
+
 The program is a source string, not code of this package: under `-I -S` it imports only the stdlib and
 none of alive_exp. The policy (which limits, which isolation) is decided in `sandbox`.
 """
