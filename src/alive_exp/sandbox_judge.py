@@ -195,6 +195,8 @@ class Program:
             message = "[" + encode(name) + "," + encode(args, "") + "," + encode(kwargs, "") + "]"
         except (TypeError, ValueError, RecursionError) as exc:
             return self._lose(f"the tests pass {name} a value that cannot cross to the sandbox ({exc})")
+        if len(message) > MAX_MESSAGE:
+            return self._lose(f"the tests pass {name} more than {MAX_MESSAGE} bytes of arguments")
         try:
             send(self.fd, message)
             reply = receive(self.fd)
