@@ -25,6 +25,8 @@ from omegaconf import DictConfig, OmegaConf
 from lightning_fabric.utilities.logger import _add_prefix
 from pytorch_lightning.loggers import MLFlowLogger
 
+from alive_exp import mlflow_ui
+
 log = logging.getLogger(__name__)
 
 PARENT_TAG = "mlflow.parentRunId"
@@ -61,14 +63,18 @@ def client(tracking_uri: str):
 
 
 def ensure_experiment(tracking_uri: str, name: str, artifact_location: str | None) -> str:
+    """The experiment's id, created when missing; either way it gets its kind and description (`mlflow_ui`)."""
     c = client(tracking_uri)
     exp = c.get_experiment_by_name(name)
     if exp is not None:
-        return exp.experiment_id
-    if artifact_location:
-        Path(artifact_location).mkdir(parents=True, exist_ok=True)
-        artifact_location = Path(artifact_location).resolve().as_uri()
-    return c.create_experiment(name, artifact_location=artifact_location)
+        experiment_id = exp.experiment_id
+    else:
+        if artifact_location:
+            Path(artifact_location).mkdir(parents=True, exist_ok=True)
+            artifact_location = Path(artifact_location).resolve().as_uri()
+        experiment_id = c.create_experiment(name, artifact_location=artifact_location)
+    mlflow_ui.describe_experiment(c, experiment_id)
+    return experiment_id
 
 
 def sweep_parent(tracking_uri: str, sweep_dir: str, experiment_name: str, artifact_location: str | None,
@@ -151,25 +157,30 @@ class SweepReport(Callback):
 
             out, _, _ = run_report(info["tracking_uri"], str(config.logger.experiment_name), parent=info["run_id"],
                                    out=folder / "report")
-            log.info("sweep report: %s (and on MLflow run %s, artifacts report/)", out / "report.md", info["run_id"])
+            parent = client(info["tracking_uri"]).get_run(info["run_id"])
+            url = mlflow_ui.run_url(info["tracking_uri"], parent.info.experiment_id, info["run_id"])
+            log.info("sweep report: %s (and on the sweep's MLflow run %s, artifacts report/)", out / "report.md", url)
         except Exception as exc:  # noqa: BLE001
             log.warning("the sweep's report was not built (%s: %s); rebuild it with: alive-exp report --parent %s",
                         type(exc).__name__, exc, info["run_id"])
 
 
 def make_logger(cfg: DictConfig, *, run_id: str | None = None, parent_run_id: str | None = None,
-                fallback: Path | None = None):
-    """A `LiveMLFlowLogger` on the configured store; `run_id` continues a run (resume)."""
+                fallback: Path | None = None, overrides: list[str] | None = None):
+    """A `LiveMLFlowLogger` on the configured store; `run_id` continues a run (resume). The run is named
+    domain-mode-seed plus the `overrides` that differ (default: Hydra's command-line overrides of this job)."""
     lc = cfg.logger
     ensure_experiment(lc.tracking_uri, lc.experiment_name, lc.artifact_location)
+    overrides = mlflow_ui.command_line_overrides() if overrides is None else overrides
     tags = {k: str(v) for k, v in (lc.tags or {}).items()}
     tags.update(run_tags(cfg))
+    tags.update(mlflow_ui.overrides_tag(overrides))
     if parent_run_id:
         tags[PARENT_TAG] = parent_run_id
     commit = git_commit(cfg.paths.root_dir)
     if commit:
         tags["mlflow.source.git.commit"] = commit
-    name = lc.run_name or f"{cfg.benchmark.domain}-{cfg.reward.mode}-s{cfg.seed}"
+    name = lc.run_name or mlflow_ui.run_name(f"{cfg.benchmark.domain}-{cfg.reward.mode}-s{cfg.seed}", overrides)
     logger = LiveMLFlowLogger(experiment_name=lc.experiment_name, tracking_uri=lc.tracking_uri, run_name=name,
                               tags=None if run_id else tags, run_id=run_id, fallback=fallback)
     if run_id:

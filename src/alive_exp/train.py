@@ -14,7 +14,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from alive_exp import distributed, domains, models, readiness, rewards, tracking
+from alive_exp import distributed, domains, mlflow_ui, models, readiness, rewards, tracking
 from alive_exp.callbacks import (AliveCheckpoint, TranscriptFlush, config_fingerprint, find_resumable, read_run_info,
                                  write_run_info)
 from alive_exp.data import Corpus, StepIndices
@@ -173,7 +173,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     module = build(cfg)
     module.profile_root = out / "profile"
     module.generator.synced_gpus = distributed.is_sharded(strategy)
-    logger, parent, sweep_dir, monitor = False, None, None, None
+    logger, parent, sweep_dir, monitor, links = False, None, None, None, {}
     if zero:
         run_id = resumed_run_id(ckpt) if ckpt else None
         parent, sweep_dir = sweep_parent_id(cfg)
@@ -242,11 +242,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             if module.profile_root.is_dir():  # trainer.profile: the per-phase operator tables
                 logger.experiment.log_artifacts(logger.run_id, str(module.profile_root), artifact_path="profile")
             logger.end("success")
+            links = mlflow_ui.comparison_links(logger.experiment, cfg.logger.tracking_uri, logger.experiment_id,
+                                               logger.run_id, parent)
             write_run_info(out / "checkpoints", finished=True)
     final["mlflow_run_id"] = module.mlflow_run_id
     final["output_dir"] = str(out)
     if zero:
-        print(summary(final, cfg), flush=True)
+        print(summary(final, cfg, links), flush=True)
     return final
 
 
@@ -255,9 +257,10 @@ WARM_START_ROLES = ("solver_sampled", "reviewer", "reviewer_blind", "refiner_fix
                     "floors_met_at")
 
 
-def summary(final: dict[str, Any], cfg: DictConfig) -> str:
+def summary(final: dict[str, Any], cfg: DictConfig, links: dict[str, str] | None = None) -> str:
     """The run's last lines: each role's readiness at the warm start, held-out accuracy before and after training,
-    and where the MLflow run is."""
+    where the MLflow run is, and the URLs of the run, of its experiment's charts and, in a sweep, of the parent
+    run (`mlflow_ui.comparison_links`)."""
     lines = []
     warm = {k.split("/", 1)[1]: v for k, v in final.items() if k.startswith("warmstart/")}
     if "reviewer" in warm:
@@ -274,8 +277,12 @@ def summary(final: dict[str, Any], cfg: DictConfig) -> str:
         start = f"warm start {100 * before:.1f}% -> " if before is not None else ""
         lines.append(f"held-out accuracy {suite} ({n} problems, greedy): {start}trained {100 * final[key]:.1f}%")
     uri = cfg.logger.tracking_uri
-    lines.append(f"MLflow run {final.get('mlflow_run_id')} (experiment {cfg.logger.experiment_name!r}) in {uri}; "
-                 f"browse with: mlflow ui --backend-store-uri {uri}")
+    served = uri.startswith(("http://", "https://"))
+    lines.append(f"MLflow run {final.get('mlflow_run_id')} (experiment {cfg.logger.experiment_name!r}) in {uri}"
+                 + ("" if served else f"; browse with: mlflow ui --backend-store-uri {uri}"))
+    labels = {"run": "this run", "charts": "compare runs (held-out accuracy and reward first)",
+              "sweep": "the sweep (its report)"}
+    lines += [f"  {labels[k]}: {url}" for k, url in (links or {}).items()]
     return "\n".join(lines)
 
 
