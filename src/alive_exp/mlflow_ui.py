@@ -33,11 +33,9 @@ VIEW_LIMIT = 20000  # MLflow's limit on an experiment tag's value
 VALUE_LIMIT = 24
 
 DESCRIPTION = (
-    "ALIVE runs. Compare held-out accuracy (`eval/<suite>_heldout/accuracy`, greedy) and the training reward "
-    "(`train/reward_mean`) first: each run's last lines print the URL of this experiment's chart view that shows "
-    "them first. Run names are domain-mode-seed plus the command-line overrides that differ; the tag "
-    f"`{OVERRIDES_TAG}` holds every override. The Model training / GenAI switch at the top of the left sidebar "
-    "picks between runs and charts (Model training) and the traces overview (GenAI).")
+    "ALIVE runs: compare held-out accuracy (eval/SUITE/accuracy) and train/reward_mean first, in the chart view "
+    "whose URL each run prints at its end. Runs and charts are under Model training (the switch at the top of "
+    f"the left sidebar); the tag {OVERRIDES_TAG} lists each run's overrides.")
 
 
 def command_line_overrides() -> list[str]:
@@ -130,10 +128,8 @@ def _section(key: str) -> str:
 
 
 def _chart(i: int, key: str) -> dict[str, Any]:
-    title = key.split("/", 1)[1].replace("/", " ") if key.startswith("eval/") else key
     chart = {"uuid": f"alive-chart-{i}", "type": "BAR" if key.startswith("eval/") else "LINE", "metricKey": key,
-             "metricSectionId": "alive-first", "displayName": title, "isGenerated": False, "deleted": False,
-             "runsCountToCompare": 10}
+             "metricSectionId": "alive-first", "isGenerated": False, "deleted": False, "runsCountToCompare": 10}
     if chart["type"] == "LINE":
         chart.update(selectedMetricKeys=[key], lineSmoothness=0, xAxisKey="step", xAxisScaleType="linear",
                      scaleType="linear", selectedXAxisMetricKey="", useGlobalXaxisKey=True,
