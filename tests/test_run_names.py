@@ -16,6 +16,12 @@ from alive_exp.train import summary
 from conftest import CONF
 
 
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    """One SQLite store for the module (creating one costs seconds); each test has its own experiment."""
+    return f"sqlite:///{tmp_path_factory.mktemp('store')}/mlflow.db"
+
+
 @pytest.fixture
 def as_hydra_job():
     """Compose a config the way `python train.py <overrides>` does and make it the current Hydra job's, so the
@@ -33,16 +39,17 @@ def as_hydra_job():
     HydraConfig.instance().cfg = None
 
 
-def test_two_runs_that_differ_only_by_an_override_get_different_names_and_the_override_tag(tmp_path, as_hydra_job):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    common = ["+experiment=math", "reward=verbal", "seed=5", f"logger.tracking_uri={uri}",
+def test_two_runs_that_differ_only_by_an_override_get_different_names_and_the_override_tag(tmp_path, store,
+                                                                                           as_hydra_job):
+    uri = store
+    common = ["+experiment=math", "reward=verbal", "seed=5", f"logger.tracking_uri={uri}", "logger.experiment_name=names",
               f"paths.root_dir={tmp_path}", f"logger.artifact_location={tmp_path}/artifacts"]
     for extra in ([], ["trainer.warmup_steps=40"]):
         logger = tracking.make_logger(as_hydra_job([*common, *extra]))
         assert logger.run_id  # the run is created on first use
         logger.end("success")
     c = MlflowClient(uri)
-    runs = {r.info.run_name: r for r in c.search_runs([c.get_experiment_by_name("alive").experiment_id])}
+    runs = {r.info.run_name: r for r in c.search_runs([c.get_experiment_by_name("names").experiment_id])}
     assert set(runs) == {"math-verbal-s5", "math-verbal-s5-warmup_steps=40"}  # paths and logger say nothing
     tags = {name: r.data.tags[mlflow_ui.OVERRIDES_TAG] for name, r in runs.items()}
     assert "trainer.warmup_steps=40" in tags["math-verbal-s5-warmup_steps=40"].split()
@@ -58,9 +65,9 @@ def test_run_names_shorten_keys_and_paths_readably_and_keep_colliding_keys_whole
                     "-init_from=math-s0")
 
 
-def test_a_finished_run_prints_its_url_the_charts_url_and_its_sweep_parent(tmp_path, small_cfg):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    exp = tracking.ensure_experiment(uri, "alive", None)
+def test_a_finished_run_prints_its_url_the_charts_url_and_its_sweep_parent(store, small_cfg):
+    uri = store
+    exp = tracking.ensure_experiment(uri, "links", None)
     c = MlflowClient(uri)
     parent = c.create_run(exp, run_name="sweep x").info.run_id
     run = c.create_run(exp, run_name="math-scalar-s0").info.run_id
@@ -83,7 +90,7 @@ def test_a_finished_run_prints_its_url_the_charts_url_and_its_sweep_parent(tmp_p
     assert f"tags.`{mlflow_ui.OVERRIDES_TAG}`" in view["selectedColumns"]
     assert c.get_experiment(exp).tags[mlflow_ui.KIND_TAG] == "custom_model_development"
 
-    cfg = small_cfg(f"logger.tracking_uri={uri}")
+    cfg = small_cfg(f"logger.tracking_uri={uri}", "logger.experiment_name=links")
     text = summary({"mlflow_run_id": run, "eval/math_heldout/accuracy": 0.5, "eval/math_heldout/n_tasks": 4}, cfg,
                    links)
     assert all(url in text for url in links.values())
