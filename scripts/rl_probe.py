@@ -5,7 +5,8 @@ docs/learning_investigation.md.
     python scripts/rl_probe.py lr5e-4 reward=scalar trainer.max_steps=80 trainer.eval_every=20 trainer.optim.solver.lr=5e-4
 
 Writes outputs/rl_probe/NAME/ (its own SQLite MLflow store) and prints the held-out accuracy, pass@4 and
-self-correction per evaluation, and the training-time solver accuracy per step.
+self-correction per evaluation, and per step the training-time solver accuracy, the reviewer's balanced
+agreement with and without the reference, its missing verdicts and the refiner's success rate.
 """
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ def main() -> None:
 
     result = {k: history(f"eval/math_heldout/{k}") for k in KEYS}
     result["train_solver_accuracy"] = [v for _, v in history("solver/accuracy")]
+    # the critic over the steps: verdicts with and without the reference against the reference check (balanced)
+    for key in ("reviewer/balanced_agreement", "reviewer/blind_balanced_agreement", "reviewer/missing_rate",
+                "refine/success_rate"):
+        result[f"train_{key.replace('/', '_')}"] = [v for _, v in history(key)]
     result["minutes"] = round((time.perf_counter() - start) / 60, 1)
     (work / "result.json").write_text(json.dumps(result, indent=1))
     print(name, json.dumps(result))

@@ -83,7 +83,7 @@ def test_each_kind_of_slip_is_named_at_its_column(fault):
     for blind in (False, True):
         c = math.critique(task, solution, blind=blind)
         # with the reference in view the critique first compares the answer with it, then names the column
-        lead = "" if blind else f"Answer {final}, reference 834: different. "
+        lead = "" if blind else f"Reference 834, answer {final}: different. "
         assert c.verdict is False and c.text.startswith(lead + "Tens column"), (fault, c.text)
     words = {"wrong_sum": "wrong sum", "carry_dropped": "dropped", "carry_twice": "twice", "carry_mark": "carr",
              "skip": "skipped"}
@@ -104,7 +104,7 @@ def test_critiques_use_the_reference_they_see_and_a_reader_never_gets_it():
                 continue
             answer = math.extract_answer(solution)
             seeing = math.critique(t, solution).text
-            assert seeing.startswith(f"Answer {answer if answer is not None else 'missing'}, reference {t.reference}: "
+            assert seeing.startswith(f"Reference {t.reference}, answer {answer if answer is not None else 'missing'}: "
                                      f"{'same' if math.score(solution, t)[0] else 'different'}."), seeing
             blind = math.critique(t, solution, blind=True).text
             read = scrub_reference(critique_body(seeing), t.reference)[0]
@@ -128,7 +128,7 @@ def test_the_reviewer_with_the_reference_tells_apart_what_the_blind_one_cannot()
     dropped = "8+6=14 c1\n7+5=12 c1\n4+3+1=8\nAnswer: 824"
     texts = [math.critique(task, s).text for s in (right, answer_line, dropped)]
     assert len(set(texts)) == 3 and [math.critique(task, s).verdict for s in (right, answer_line, dropped)] == [True, False, False]
-    assert "reference 834: same" in texts[0] and "reference 834: different" in texts[1]
+    assert "Reference 834, answer 834: same" in texts[0] and "Reference 834, answer 843: different" in texts[1]
     assert "Tens column" in texts[2] and "dropped" in texts[2]
 
 

@@ -31,6 +31,9 @@ CONDITIONAL = {
     "reward.sft_coef": "a step with a distillation target",
     "reward.reviewer_instructive": "a review whose verdict parses, with a revision that fixed a wrong solution",
     "reward.reviewer_agreement": "a review whose verdict parses",
+    "warmstart.own_samples_every": "a warm-start step at or past warmstart.own_samples_from (100 in +experiment=math)",
+    "warmstart.own_samples_pool": "a warm-start step at or past warmstart.own_samples_from",
+    "warmstart.role_mix": "a warm-start check where the solver's floors held",
     "trainer.span_min_chars": "a constructor proposal whose span parses",
     "trainer.span_max_chars": "a constructor proposal whose span parses",
     **{f"trainer.optim.{r}.grad_clip": f"a step where the {r} has a sample with a non-zero loss"

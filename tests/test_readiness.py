@@ -37,7 +37,7 @@ class ScriptedPolicy:
             i, task = self.by_prompt[prompt]
             return self.solution(task, i)
         task = self.tasks[next(line for line in prompt.splitlines() if line.startswith("Question:"))]
-        solution = prompt.split("\nSolution:\n", 1)[1].split("\nCritique: ", 1)[0]
+        solution = prompt.split("\nSolution:\n", 1)[1].split("\nCritique: ", 1)[0].split("\nReference: ", 1)[0]
         if prompt.startswith("Revise"):
             return self.refine(task, solution, prompt.split("\nCritique: ", 1)[1])
         return self.review(task, solution) if "\nReference: " in prompt else self.blind_review(task, solution)
@@ -113,10 +113,10 @@ def test_reviewer_transcripts_judge_the_models_own_samples():
     for _ in range(200):
         prompt, critique = stream.example()
         task = stream.last_task
-        solution = prompt.split("\nSolution:\n", 1)[1]
+        solution = prompt.split("\nSolution:\n", 1)[1].split("\nReference: ", 1)[0]
         if own.get(task.prompt) == solution:
             seen += 1
-            assert critique == MATH.critique(task, solution).text and f"reference {task.reference}" in critique
+            assert critique == MATH.critique(task, solution).text and f"Reference {task.reference}," in critique
     assert 70 < seen < 130
 
 
@@ -151,5 +151,5 @@ def test_role_floors_without_a_solver_stop_are_refused(small_cfg):
 def test_scrubbed_critique_is_what_refiners_read():
     task = MATH.benchmarks()["math_validation"](1, 0)[0]
     critique = MATH.critique(task, MATH.solution_text(task)).text
-    assert f"reference {task.reference}" in critique
+    assert f"Reference {task.reference}," in critique
     assert task.reference not in scrub_reference(critique_body(critique), task.reference)[0].split()

@@ -197,5 +197,7 @@ def test_final_table_has_before_and_after_per_suite():
     rows = tracking.final_table(final, before={"eval/math_sub/accuracy": 0.4})
     got = {(r["suite"], r["metric"]): (r["before"], r["after"]) for r in rows}
     assert got == {("math_heldout", "accuracy"): (0.3, 0.6), ("math_heldout", "pass_at_4"): (None, 0.8),
-                   ("math_heldout", "self_correction/delta"): (None, 0.01), ("math_sub", "accuracy"): (0.4, 0.5)}
+                   ("math_heldout", "self_correction/delta"): (None, 0.01),
+                   ("math_heldout", "self_correction/gated_delta"): (None, 0.0),  # both protocols of self-correction
+                   ("math_sub", "accuracy"): (0.4, 0.5)}
     assert [r["gain"] for r in rows if r["metric"] == "accuracy"] == pytest.approx([0.3, 0.1])

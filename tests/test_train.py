@@ -162,9 +162,11 @@ def test_profile_switch_writes_operator_tables_per_phase_and_times_each_role(sma
 
 
 def test_warm_start_stops_at_the_first_check_reaching_its_validation_accuracy(small_cfg, tmp_path):
-    # stop_accuracy 0 (and no floors) is reached at the first check: the build stops there and records the check
+    # stop_accuracy 0 (and no floors, on suites or roles) is reached at the first check: the build stops there
+    # and records the check
     path, _ = _warm(small_cfg, tmp_path, "warmstart.steps=12", "warmstart.stop_accuracy=0.0", "warmstart.check_from=6",
-                    "warmstart.check_every=3", "warmstart.check_size=4", "~warmstart.stop_floors.math_longer_validation")
+                    "warmstart.check_every=3", "warmstart.check_size=4", "~warmstart.stop_floors.math_longer_validation",
+                    "warmstart.role_floors=null", "warmstart.max_missing_verdicts=null")
     metrics = json.loads((path / "metrics.json").read_text())
     assert metrics["steps"] == 6 and [c["step"] for c in metrics["validation_checks"]] == [6]
     # an accuracy above 1 is never reached: every step runs, every check is recorded
@@ -178,8 +180,9 @@ def test_warm_start_stops_at_the_first_check_reaching_its_validation_accuracy(sm
                     "warmstart.check_every=3", "warmstart.check_size=4",
                     "warmstart.stop_floors.math_longer_validation=1.01")
     checks = json.loads((path / "metrics.json").read_text())["validation_checks"]
-    assert [c["step"] for c in checks] == [6, 9] and all(set(c) == {"step", "math_validation", "math_longer_validation"}
-                                                         for c in checks)
+    assert [c["step"] for c in checks] == [6, 9]
+    assert all(set(c) == {"step", "seconds", "math_validation", "math_longer_validation", "unmet"} for c in checks)
+    assert all(c["unmet"].startswith("math_longer_validation ") for c in checks)  # the check names what failed
     with pytest.raises(ValueError, match="not validation suites"):
         _warm(small_cfg, tmp_path, "warmstart.stop_accuracy=0.0", "+warmstart.stop_floors.math_longer=0.1")
     with pytest.raises(ValueError, match="validation suite"):

@@ -259,7 +259,7 @@ class AliveStep:
         for kind in ([(a.revision, a.revision_correct, a.task) for a in flat if a.revision is not None],
                      [(a.blind_revision, a.blind_revision_correct, a.task) for a in flat if a.blind_revision is not None]):
             if kind:
-                (radv,) = group_advantages([[float(ok) for _, ok, _ in kind]], "batch", False)
+                (radv,) = group_advantages([[float(ok) for _, ok, _ in kind]], "pooled", False)
                 out += [Sample("solver", r.prompt_ids, r.completion_ids, ad, kind="refine", group=("refine", t.id),
                                sampler_logps=r.sampler_logps) for (r, _, t), ad in zip(kind, radv)]
         return out
@@ -282,8 +282,8 @@ class AliveStep:
             a.review_reward = self.reviewer_reward(a, weight[a.correct], fix_rate)
         for a in blind:
             a.blind_review_reward = self.reviewer_reward(a, bweight[a.correct], blind=True)
-        (adv,) = group_advantages([[a.review_reward for a in flat]], "batch", self.rcfg.scale_by_std)
-        (badv,) = group_advantages([[a.blind_review_reward for a in blind]], "batch", self.rcfg.scale_by_std)
+        (adv,) = group_advantages([[a.review_reward for a in flat]], "pooled", self.rcfg.scale_by_std)
+        (badv,) = group_advantages([[a.blind_review_reward for a in blind]], "pooled", self.rcfg.scale_by_std)
         # the reviews of one task's solutions share the prompt up to the solution
         return ([Sample("reviewer", a.critique_completion.prompt_ids, a.critique_completion.completion_ids, ad,
                         group=("review", a.task.id), sampler_logps=a.critique_completion.sampler_logps)

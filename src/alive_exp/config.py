@@ -240,7 +240,7 @@ class WarmstartConfig:
         "constructor": 0.1, "solver": 0.5, "reviewer": 0.2, "reviewer_blind": 0.1, "refiner": 0.1})
     # every role ready before RL (alive_exp.readiness): at a check where the solver's floors hold, each role is
     # measured on the solver's own samples of validation problems; the build stops when every floor holds too
-    role_floors: dict[str, float] = field(default_factory=dict)  # reviewer, reviewer_blind, refiner_fixes, refiner_keeps
+    role_floors: Optional[dict[str, float]] = field(default_factory=dict)  # reviewer, reviewer_blind, refiner_fixes, refiner_keeps; null: none
     max_missing_verdicts: Optional[float] = None  # at most this share of reviews without a parseable verdict
     readiness_samples: int = 2  # solver samples per problem the roles are measured on
     role_mix: Optional[dict[str, float]] = None  # the mix once the solver's floors have held (null: `mix`)

@@ -117,7 +117,7 @@ class StoppingRule:
     def __init__(self, cfg, gen: Generator, templates: RoleTemplates, domain) -> None:
         w = cfg.warmstart
         self.cfg, self.gen, self.templates, self.domain = cfg, gen, templates, domain
-        self.role_floors = check_floors(dict(w.role_floors), w.max_missing_verdicts)
+        self.role_floors = check_floors(dict(w.role_floors or {}), w.max_missing_verdicts)
         self.solver_held = False  # whether the solver's floors have held at some check (the role phase's start)
         if w.stop_accuracy is None:
             if w.stop_floors or self.role_floors or w.max_missing_verdicts is not None:

@@ -137,8 +137,8 @@ class Transcripts:
         _, _, _, task = self.task()
         good = self.domain.solution_text(task)
         wrong = self.domain.corrupt(task, good, self.rng)
-        # refiners meet wrong solutions more often, but right ones often enough to learn to keep them
-        return task, (wrong if wrong and self.rng.random() < (0.6 if kind == "refiner" else 0.5) else good), good
+        # right and wrong solutions alike: a reviewer must not learn a prior, a refiner must learn to keep
+        return task, (wrong if wrong and self.rng.random() < 0.5 else good), good
 
     def example(self) -> tuple[str, str]:
         kind = self.rng.choices(self.kinds, self.weights)[0]
@@ -269,6 +269,9 @@ def _train_warmstart(cfg: DictConfig, out: Path, progress: bool, curve: Callable
             if rule.enabled and step + 1 >= w.check_from and (step + 1) % w.check_every == 0:
                 stop, scores = rule(step + 1, score_all=curve is not None)  # generate restores the training mode
                 checks.append({"step": step + 1, "seconds": round(time.perf_counter() - start, 1), **scores})
+                log.info("warm start check at step %d: %s", step + 1,
+                         ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k}: {v}" for k, v in scores.items()
+                                   if k not in ("role/samples", "role/right_samples")))
                 if curve is not None:
                     curve(checks[-1])
                 elif stop:

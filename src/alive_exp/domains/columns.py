@@ -205,7 +205,7 @@ def critique_text(task_prompt: str, completion: str, final: str | None, ok: bool
     """
     lead = ""
     if reference is not None:
-        lead = f"Answer {final if final is not None else 'missing'}, reference {reference}: {'same' if ok else 'different'}. "
+        lead = f"Reference {reference}, answer {final if final is not None else 'missing'}: {'same' if ok else 'different'}. "
     if final is None:
         return f"{lead}No 'Answer:' line.", False
     error = first_error(task_prompt, completion)
