@@ -34,6 +34,8 @@ CONDITIONAL = {
     "warmstart.own_samples_every": "a warm-start step at or past warmstart.own_samples_from (100 in +experiment=math)",
     "warmstart.own_samples_pool": "a warm-start step at or past warmstart.own_samples_from",
     "warmstart.role_mix": "a warm-start check where the solver's floors held",
+    **{f"warmstart.role_mix.{k}": "a warm-start check where the solver's floors held" for k in
+       ("constructor", "solver", "reviewer", "reviewer_blind", "refiner", "fcp_solver")},
     "trainer.span_min_chars": "a constructor proposal whose span parses",
     "trainer.span_max_chars": "a constructor proposal whose span parses",
     **{f"trainer.optim.{r}.grad_clip": f"a step where the {r} has a sample with a non-zero loss"
