@@ -83,7 +83,7 @@ def test_each_kind_of_slip_is_named_at_its_column(fault):
     for blind in (False, True):
         c = math.critique(task, solution, blind=blind)
         # with the reference in view the critique first compares the answer with it, then names the column
-        lead = "" if blind else f"Reference 834, answer {final}: different. "
+        lead = "" if blind else f"Reference 834, answer {final}: {col.digit_pairs('834', final)}: different. "
         assert c.verdict is False and c.text.startswith(lead + "Tens column"), (fault, c.text)
     words = {"wrong_sum": "wrong sum", "carry_dropped": "dropped", "carry_twice": "twice", "carry_mark": "carr",
              "skip": "skipped"}
@@ -104,10 +104,14 @@ def test_critiques_use_the_reference_they_see_and_a_reader_never_gets_it():
                 continue
             answer = math.extract_answer(solution)
             seeing = math.critique(t, solution).text
+            pairs = "" if answer is None else col.digit_pairs(t.reference, answer) + ": "
             assert seeing.startswith(f"Reference {t.reference}, answer {answer if answer is not None else 'missing'}: "
-                                     f"{'same' if math.score(solution, t)[0] else 'different'}."), seeing
+                                     f"{pairs}{'same' if math.score(solution, t)[0] else 'different'}."), seeing
             blind = math.critique(t, solution, blind=True).text
             read = scrub_reference(critique_body(seeing), t.reference)[0]
+            # the digit pairs quote the reference's digits: a reader gets the verdict of the comparison only
+            assert read.startswith(f"Reference ?, answer {'?' if math.score(solution, t)[0] else answer or 'missing'}: "
+                                   f"{'same' if math.score(solution, t)[0] else 'different'}."), read
             for text in (blind, read):
                 extra = numbers(text) - numbers(t.prompt) - numbers(solution)
                 assert not extra, (t.prompt, solution, text)
@@ -116,6 +120,16 @@ def test_critiques_use_the_reference_they_see_and_a_reader_never_gets_it():
                     assert t.reference not in numbers(text) or t.reference in numbers(solution)
             seen += 1
     assert seen > 500
+
+
+@pytest.mark.parametrize("reference,answer,pairs", [("834", "824", "8 8, 3 2"), ("834", "834", "8 8, 3 3, 4 4"),
+                                                    ("1034", "34", "1 3"), ("83", "834", "8 8, 3 3, - 4"),
+                                                    ("834", "83", "8 8, 3 3, 4 -")])
+def test_the_comparison_goes_digit_pair_by_pair_to_the_first_difference(reference, answer, pairs):
+    assert col.digit_pairs(reference, answer) == pairs
+    text = f"Reference {reference}, answer {answer}: {pairs}: {'same' if reference == answer else 'different'}. Ones."
+    read, quoted = scrub_reference(text, reference)
+    assert pairs not in read and quoted >= 2 and read.startswith("Reference ?, answer ")
 
 
 def test_the_reviewer_with_the_reference_tells_apart_what_the_blind_one_cannot():
@@ -128,7 +142,8 @@ def test_the_reviewer_with_the_reference_tells_apart_what_the_blind_one_cannot()
     dropped = "8+6=14 c1\n7+5=12 c1\n4+3+1=8\nAnswer: 824"
     texts = [math.critique(task, s).text for s in (right, answer_line, dropped)]
     assert len(set(texts)) == 3 and [math.critique(task, s).verdict for s in (right, answer_line, dropped)] == [True, False, False]
-    assert "Reference 834, answer 834: same" in texts[0] and "Reference 834, answer 843: different" in texts[1]
+    assert "Reference 834, answer 834: 8 8, 3 3, 4 4: same" in texts[0]
+    assert "Reference 834, answer 843: 8 8, 3 4: different" in texts[1]
     assert "Tens column" in texts[2] and "dropped" in texts[2]
 
 
@@ -166,7 +181,7 @@ def test_suites_fit_their_token_budgets(small_cfg):
     from alive_exp.train import build
 
     m = build(small_cfg(), evaluate=False)
-    exp = small_cfg("trainer.generation.solver_tokens=64", "trainer.generation.reviewer_tokens=48").trainer.generation
+    exp = small_cfg("trainer.generation.solver_tokens=64", "trainer.generation.reviewer_tokens=72").trainer.generation
     from conftest import compose_cfg
 
     real = compose_cfg(["+experiment=math"]).trainer.generation

@@ -72,20 +72,26 @@ def parse_critique(text: str) -> Critique:
     return Critique(text=text, verdict=word in ("correct", "right"))
 
 
+_DIGIT_PAIRS = re.compile(r": (?:[\d-] [\d-], )*[\d-] [\d-]: ")  # `: 8 8, 3 2: ` (domains.columns.digit_pairs)
+
+
 def scrub_reference(text: str, reference: str) -> tuple[str, int]:
     """The critique with every quotation of the task's reference blanked out, and how many there were.
 
     What a refiner or a feedback-conditioned solver reads must not hold the hidden answer, or learning from
     it is supervised learning on the labels. A number counts as quoted only as a whole number (`13` is not
-    in `130`); other references (words, code) as a case-insensitive substring.
+    in `130`), and a comparison digit pair by digit pair (`: 8 8, 3 2: `, what a column reviewer writes) is cut
+    out whole; other references (words, code) as a case-insensitive substring.
     """
     ref = str(reference).strip()
     if not ref:
         return text, 0
     if re.fullmatch(r"-?\d+(?:\.\d+)?", ref):
         pattern = re.compile(rf"(?<![\d.]){re.escape(ref)}(?![\d]|\.\d)")
-    else:
-        pattern = re.compile(re.escape(ref), re.IGNORECASE)
+        text, paired = _DIGIT_PAIRS.subn(": ", text)  # a comparison digit by digit quotes the reference's digits
+        text, quoted = pattern.subn("?", text)
+        return text, quoted + paired
+    pattern = re.compile(re.escape(ref), re.IGNORECASE)
     return pattern.subn("?", text)
 
 
