@@ -9,7 +9,7 @@ import random
 import pytest
 
 from alive_exp import domains, readiness
-from alive_exp.roles import RoleTemplates, critique_body, scrub_reference
+from alive_exp.roles import KEEP, RoleTemplates, critique_body, revised_text, scrub_reference
 from alive_exp.rollout import Completion
 from alive_exp.warmstart import Transcripts, build_warmstart
 from conftest import compose_cfg
@@ -81,6 +81,16 @@ def test_rejecting_everything_is_chance_and_a_refiner_that_copies_keeps_but_neve
     assert unmet == ["reviewer 0.500 < 0.95", "refiner_fixes 0.000 < 0.4", "missing_verdicts 0.500 > 0.02"]
 
 
+def test_a_refiner_that_says_keep_keeps_and_one_that_miscopies_does_not():
+    keep = run_measure(review=oracle_review, blind_review=lambda t, s: MATH.critique(t, s, blind=True).text,
+                       refine=lambda t, s, c: MATH.solution_text(t) if "different" in c else KEEP)
+    assert keep.scores["refiner_keeps"] == 1.0 and keep.scores["refiner_fixes"] == 1.0
+    assert revised_text("a\nAnswer: 1", f"  {KEEP}\n") == "a\nAnswer: 1" and revised_text("x", "y") == "y"
+    miscopy = run_measure(review=oracle_review, blind_review=lambda t, s: MATH.critique(t, s, blind=True).text,
+                          refine=lambda t, s, c: s.replace("Answer: ", "Answer: 1"))
+    assert miscopy.scores["refiner_keeps"] == 0.0
+
+
 def test_role_floors_name_unknown_roles():
     with pytest.raises(ValueError, match="revewer"):
         readiness.check_floors({"revewer": 0.9}, None)
@@ -94,7 +104,7 @@ def test_refiner_transcripts_keep_what_is_right_and_fix_what_is_not():
         solution = prompt.split("\nSolution:\n", 1)[1].split("\nCritique: ", 1)[0]
         task = stream.last_task
         if MATH.critique(task, solution, blind=True).verdict:
-            assert completion == solution  # an accepted solution comes back as written
+            assert completion == KEEP  # an accepted solution is kept: the refiner says so, it does not copy it
             kept += 1
         else:
             assert completion == MATH.solution_text(task)

@@ -22,7 +22,7 @@ from alive_exp.domains import Critique, Document, SpanCheck, Task
 from alive_exp.losses import Sample, group_advantages
 from alive_exp.oracles import CritiqueRequest
 from alive_exp.rewards import learnability
-from alive_exp.roles import critique_body, parse_critique, parse_span, scrub_reference
+from alive_exp.roles import critique_body, parse_critique, parse_span, revised_text, scrub_reference
 from alive_exp.rollout import Completion, phase_seed
 
 
@@ -207,7 +207,8 @@ class AliveStep:
                                                  critique=critique_body(self.shown(c, a.task).text)))
             leaks.append(self.reference_leaks - before)
         groups = self._sample("solver", prompts, 1, self.gcfg.solver_tokens, step, "refine", count_as="refine")
-        scores = self.domain.score_many([g[0].text for g in groups], [a.task for a, _, _ in todo])
+        scores = self.domain.score_many([revised_text(a.completion.text, g[0].text) for (a, _, _), g in zip(todo, groups)],
+                                        [a.task for a, _, _ in todo])
         for (a, _, blind), g, (ok, _), leak in zip(todo, groups, scores, leaks):
             if blind:
                 a.blind_revision, a.blind_revision_correct, a.blind_revision_leaks = g[0], ok, leak
@@ -238,7 +239,8 @@ class AliveStep:
                 if self.mode.policy_gradient:
                     out.append(Sample("solver", a.completion.prompt_ids, a.completion.completion_ids, ad,
                                       group=("solve", a.task.id), sampler_logps=a.completion.sampler_logps))
-            confirmed = [a.revision.text for a in g if a.revision is not None and a.revision_correct]
+            confirmed = [revised_text(a.completion.text, a.revision.text) for a in g
+                         if a.revision is not None and a.revision_correct]
             task = g[0].task
             shown = [self.shown(a.critique, task) for a in g] if self.mode.reads_critiques else [a.critique for a in g]
             for t in self.mode.targets(task, [a.completion.text for a in g], shown, confirmed,

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from alive_exp import domains
 from alive_exp import metrics as M
 from alive_exp.domains.hub import HubUnavailable
-from alive_exp.roles import RoleTemplates, critique_body, parse_critique
+from alive_exp.roles import RoleTemplates, critique_body, parse_critique, revised_text
 from alive_exp.rollout import Generator
 
 log = logging.getLogger(__name__)
@@ -134,9 +134,10 @@ class Evaluator:
                     for t, c, k in zip(tasks, attempt1, critiques)]
         attempt2 = [g[0] for g in self.gen.generate(rprompts, n=1, max_new_tokens=s.solver_tokens, temperature=0.0,
                                                     on_batch=on_batch)]
-        t2 = [ok for ok, _ in domain.score_many([c.text for c in attempt2], tasks)]
+        second = [revised_text(a.text, b.text) for a, b in zip(attempt1, attempt2)]  # a kept solution stands
+        t2 = [ok for ok, _ in domain.score_many(second, tasks)]
         sc = M.self_correction(t1, t2)
-        sc["edit_distance_ratio"] = M.mean([M.edit_distance_ratio(a.text, b.text) for a, b in zip(attempt1, attempt2)])
+        sc["edit_distance_ratio"] = M.mean([M.edit_distance_ratio(a.text, b) for a, b in zip(attempt1, second)])
         # ALIVE's inference rule (as in its refine phase): revise only what the model's own critique rejects
         verdicts = [parse_critique(k).verdict for k in critiques]
         if self.tracer is not None and suite is not None:

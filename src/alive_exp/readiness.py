@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from alive_exp import metrics as M
-from alive_exp.roles import RoleTemplates, critique_body, parse_critique, scrub_reference
+from alive_exp.roles import RoleTemplates, critique_body, parse_critique, revised_text, scrub_reference
 from alive_exp.rollout import Generator
 
 FLOORS = ("reviewer", "reviewer_blind", "refiner_fixes", "refiner_keeps")  # at least; missing_verdicts: at most
@@ -83,7 +83,7 @@ def measure(gen: Generator, domain, templates: RoleTemplates, tasks, *, samples_
     refine_prompts = [templates.render("refiner", task=t.prompt, solution=x, critique=c)
                       for t, x, c in zip(flat_tasks, texts, shown)]
     revised = [g[0].text for g in gen.generate(refine_prompts, n=1, max_new_tokens=solver_tokens, temperature=0.0)]
-    revised_ok = [ok for ok, _ in domain.score_many(revised, flat_tasks)]
+    revised_ok = [ok for ok, _ in domain.score_many([revised_text(x, r) for x, r in zip(texts, revised)], flat_tasks)]
     fixes = [b for a, b in zip(right, revised_ok) if not a]
     keeps = [b for a, b in zip(right, revised_ok) if a]
     scores = {

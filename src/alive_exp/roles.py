@@ -95,6 +95,17 @@ def scrub_reference(text: str, reference: str) -> tuple[str, int]:
     return pattern.subn("?", text)
 
 
+KEEP = "The solution stands."  # a refiner's whole answer when the solution it read is right: it is kept as written
+
+
+def revised_text(solution: str, revision: str) -> str:
+    """What a refiner's answer amounts to: the solution it read where it answered `KEEP`, else its own text.
+
+    Keeping a right solution is a decision, not a copy: a tiny model that must rewrite a solution token by
+    token to keep it breaks most of them (docs/learning_investigation.md, round 4: 10-20% kept)."""
+    return solution if revision.strip() == KEEP else revision
+
+
 def critique_body(text: str) -> str:
     """The critique without its verdict line(s), as shown to the solver when it refines."""
     lines = [ln for ln in text.strip().splitlines() if not _VERDICT.search(ln)]

@@ -45,14 +45,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from alive_exp import domains, models, readiness
 from alive_exp.losses import Sample, likelihood_loss
-from alive_exp.roles import RoleTemplates, critique_body, scrub_reference
+from alive_exp.roles import KEEP, RoleTemplates, critique_body, scrub_reference
 from alive_exp.rollout import Generator
 
 log = logging.getLogger(__name__)
 
 KINDS = ("constructor", "solver", "reviewer", "reviewer_blind", "refiner", "fcp_solver")
 JUDGED = ("reviewer", "reviewer_blind", "refiner", "fcp_solver")  # kinds whose transcript is about one solution
-TRANSCRIPTS_VERSION = 7  # bump when the oracle's transcripts or the loss change: cached warm starts are rebuilt
+TRANSCRIPTS_VERSION = 8  # bump when the oracle's transcripts or the loss change: cached warm starts are rebuilt
 
 
 def warmstart_options(cfg: DictConfig) -> dict:
@@ -160,9 +160,9 @@ class Transcripts:
         shown, _ = scrub_reference(critique_body(critique.text), task.reference)  # never the hidden answer
         if kind == "fcp_solver":  # FCP: a solution under the critique it earned (FCP's own training pairs)
             return self.t.render("fcp_solver", task=task.prompt, critique=shown), solution
-        # a solution the oracle's blind check accepts (working and answer right) is kept as written
+        # a solution the oracle's blind check accepts (working and answer right) is kept: the refiner says so
         keep = self.domain.critique(task, solution, blind=True).verdict is True
-        return self.t.render("refiner", task=task.prompt, solution=solution, critique=shown), solution if keep else good
+        return self.t.render("refiner", task=task.prompt, solution=solution, critique=shown), KEEP if keep else good
 
 
 def likelihood_step(model, gen: Generator, pairs: list[tuple[str, str]], pad: int, chunk: int = 16) -> float:
