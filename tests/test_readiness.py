@@ -163,3 +163,24 @@ def test_scrubbed_critique_is_what_refiners_read():
     critique = MATH.critique(task, MATH.solution_text(task)).text
     assert f"Reference {task.reference}," in critique
     assert task.reference not in scrub_reference(critique_body(critique), task.reference)[0].split()
+
+
+def test_a_kept_solution_is_the_second_attempt_in_scores_protocol_and_the_gated_one():
+    """Evaluation's self-correction reads a refiner's `KEEP` as the first attempt standing: a refiner that keeps
+    everything changes nothing (delta 0, no edits), one that writes `KEEP` wrongly never scores it as an answer."""
+    from alive_exp.evaluation import EvalSettings, Evaluator
+
+    tasks = MATH.benchmarks()["math_validation"](10, 0)
+    settings = EvalSettings(["math"], [], 10, [], True, 64, 72, 0.7, 0)
+    for refine, expected_t2 in ((lambda t, s, c: KEEP, [True, False] * 5),
+                                (lambda t, s, c: MATH.solution_text(t), [True] * 10)):
+        policy = ScriptedPolicy(tasks, review=oracle_review, blind_review=lambda t, s: MATH.critique(t, s, blind=True).text,
+                                refine=refine)
+        first = [policy.generate([TEMPLATES.render("solver", task=t.prompt)])[0][0] for t in tasks]
+        t1 = [ok for ok, _ in MATH.score_many([c.text for c in first], tasks)]
+        ev = Evaluator(settings, policy, TEMPLATES, solver_prompt=None)
+        sc = ev.self_correction(lambda role: None, MATH, tasks, first, t1)
+        assert sc["self_correction/acc_t1"] == pytest.approx(0.5)
+        assert sc["self_correction/acc_t2"] == pytest.approx(sum(expected_t2) / 10)
+        if expected_t2 == t1:
+            assert sc["self_correction/edit_distance_ratio"] == 0.0 and sc["self_correction/delta"] == 0.0
