@@ -49,8 +49,8 @@ def main() -> None:
                            "trainer.progress_bar=false", *args.overrides])
             final = run(cfg)
             client = mlflow.MlflowClient(uri)
-            (exp,) = [e for e in client.search_experiments() if e.name == cfg.experiment_name]
-            (r,) = client.search_runs([exp.experiment_id])
+            # the run's experiment is the logger's (`logger.experiment_name`), the only one in this fresh store with a run
+            (r,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
             history = {k: {m.step: m.value for m in client.get_metric_history(r.info.run_id, k)} for k in STEP_KEYS}
             steps = sorted(set().union(*(h.keys() for h in history.values())))
             for s in steps:
