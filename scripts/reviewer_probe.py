@@ -1,6 +1,6 @@
 """How fast does the tiny model learn to compare an answer with the reference? A reviewer-only warm start.
 
-    python scripts/reviewer_probe.py [--lead pairs|whole] [--steps 400] [--every 50] [--threads 1]
+    python scripts/reviewer_probe.py [--lead pairs|whole] [--steps 400] [--every 50] [--threads 1] [overrides...]
 
 A fresh tiny model (the one `+experiment=math` builds) is trained by likelihood on reviewer transcripts only
 (the reviewer sees the reference; batch 64, lr 1e-3, the warm start's schedule), on the reference solution or
@@ -33,6 +33,7 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=50)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("overrides", nargs="*", help="config overrides, e.g. warmstart.lr=2e-3")
     args = ap.parse_args()
 
     import torch
@@ -57,7 +58,7 @@ def main() -> None:
         col.critique_text = whole
 
     torch.set_num_threads(args.threads)
-    cfg = compose(["+experiment=math", f"seed={args.seed}"])
+    cfg = compose(["+experiment=math", f"seed={args.seed}", *args.overrides])
     domain = domains.get(cfg.benchmark.domain, **W.warmstart_options(cfg))
     corpus = sorted({cfg.benchmark.domain, *cfg.benchmark.eval_domains})
     model, tok, _ = models.load_base(OmegaConf.merge(cfg.model, {"init_from": None, "source": "tiny"}),

@@ -52,3 +52,21 @@ def test_a_policy_folder_continues_samples_and_evaluates_as_trained(small_cfg, t
     assert meta["checkpoint"] == str(policy) and any(k.endswith("/accuracy") for k in scores)
     with pytest.raises(ValueError, match="lora has 8"):
         build(small_cfg(*WARM60, f"model.init_from={policy}", "model.lora.r=8"), evaluate=False)
+
+
+def test_a_warm_start_folder_samples_as_the_run_it_starts(small_cfg):
+    """`alive-exp sample data/warmstart/<key> --role reviewer ...`: what every role writes before RL, read from the
+    folder alone (its config is saved beside the weights), the same as a run starting from it writes."""
+    from alive_exp.warmstart import POLICY_CONFIG, build_warmstart
+
+    cfg = small_cfg(*WARM60, "reward=sft")
+    folder = build_warmstart(cfg, progress=False)
+    assert (folder / POLICY_CONFIG).exists()
+    start = build(cfg, evaluate=False)
+    assert cli.sample_policy(folder, "solver", PROMPTS["solver"]) == greedy(start, "solver", PROMPTS["solver"])
+    task, fields = "Question: 12 + 34", {"reference": "46", "solution": "2+4=6\n1+3=4\nAnswer: 46"}
+    start.use_adapter("reviewer")
+    prompt = start.step_impl.templates.render("reviewer", task=task, **fields)
+    expected = start.generator.generate([prompt], n=1, max_new_tokens=cfg.trainer.generation.reviewer_tokens,
+                                        temperature=0.0)[0][0].text
+    assert cli.sample_policy(folder, "reviewer", [task], **fields) == [expected]

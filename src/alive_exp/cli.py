@@ -144,6 +144,9 @@ def is_policy(target: Path) -> bool:
 def policy_config(policy: Path) -> Path:
     """The config a policy folder was trained with: its own copy, else its run's."""
     own = policy / "alive_config.yaml"
+    if not own.exists() and (policy / "metrics.json").exists():
+        raise SystemExit(f"{policy}: a warm start built before warm starts saved their config; delete the folder "
+                         "and run the experiment again to rebuild it (the same weights, now with alive_config.yaml)")
     return own if own.exists() else run_config_path(policy.resolve().parent)
 
 
@@ -346,7 +349,7 @@ def parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("sample", help="what a trained policy's role writes (greedy), e.g. the solver on a task")
-    s.add_argument("policy", help="a training run's policy/ folder")
+    s.add_argument("policy", help="a training run's policy/ folder, or a warm start (data/warmstart/<domain>-<key>)")
     s.add_argument("texts", nargs="+", metavar="TEXT", help="a task (solver, reviewer) or a document (constructor)")
     s.add_argument("--role", default="solver", help="constructor, solver, reviewer or refiner (default: solver)")
     s.add_argument("--reference", help="the reviewer's reference answer (without it: the blind reviewer)")

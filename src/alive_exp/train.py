@@ -24,6 +24,7 @@ from alive_exp.module import AliveModule
 from alive_exp.oracles import Oracle, RuleOracle
 from alive_exp.roles import RoleTemplates
 from alive_exp.rollout import Generator
+from alive_exp.warmstart import POLICY_CONFIG  # also beside every warm start: `alive-exp sample` reads either
 from alive_exp.traces import Tracer
 
 log = logging.getLogger(__name__)
@@ -304,9 +305,6 @@ def objective(final: dict[str, Any]) -> float:
         log.debug("objective: no validation suite was evaluated (benchmark.eval_suites); the sweeper gets the "
                     "last train/reward_mean, never held-out accuracy")
     return sum(acc) / len(acc) if acc else float(final.get("train/reward_mean", 0.0))
-
-
-POLICY_CONFIG = "alive_config.yaml"
 
 
 def save_policy(module: AliveModule, path: Path) -> None:

@@ -48,6 +48,8 @@ from alive_exp.losses import Sample, likelihood_loss
 from alive_exp.roles import KEEP, RoleTemplates, critique_body, scrub_reference
 from alive_exp.rollout import Generator
 
+POLICY_CONFIG = "alive_config.yaml"  # the config beside a policy or a warm start (train.save_policy writes it too)
+
 log = logging.getLogger(__name__)
 
 KINDS = ("constructor", "solver", "reviewer", "reviewer_blind", "refiner", "fcp_solver")
@@ -292,6 +294,8 @@ def _train_warmstart(cfg: DictConfig, out: Path, progress: bool, curve: Callable
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
+    # the config that built it, as a policy folder holds its run's: `alive-exp sample` reads a warm start directly
+    (tmp / POLICY_CONFIG).write_text(OmegaConf.to_yaml(cfg, resolve=True))
     ready_at = checks[-1]["step"] if checks and "unmet" not in checks[-1] else None
     metrics = {**scores, "steps": len(losses), "final_loss": losses[-1], "train_seconds": round(train_s, 1),
                "threads": threads, "seed": seed, "eval_size": int(w.eval_size), "floors_met_at": ready_at,
