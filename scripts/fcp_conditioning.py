@@ -27,21 +27,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def load(folder: Path, overrides: list[str]):
-    """The module a folder's weights build: a run's policy/ with its run's config, a warm start with the math
-    experiment's."""
-    from alive_exp.cli import compose, load_config, policy_config
-    from alive_exp.train import build
-
-    if (folder / "metrics.json").exists():  # a warm start: the experiment's config, its weights
-        cfg = compose(["+experiment=math", f"model.init_from={folder.resolve()}", "warmstart.enabled=false",
-                       *overrides])
-    else:
-        cfg = load_config(policy_config(folder), [f"model.init_from={folder.resolve()}", "warmstart.enabled=false",
-                                                  *overrides])
-    return cfg, build(cfg, evaluate=False)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("folders", nargs="+", type=Path)
@@ -54,12 +39,15 @@ def main() -> None:
     import torch
 
     from alive_exp import domains
+    from alive_exp.cli import load_policy_config
     from alive_exp.rewards import fcp_feedback, positive_feedback
+    from alive_exp.train import build
     from alive_exp.warmstart import trained_options
 
     torch.set_num_threads(args.threads)
     for folder in args.folders:
-        cfg, module = load(folder, args.overrides)
+        cfg = load_policy_config(folder, args.overrides)
+        module = build(cfg, evaluate=False)
         module.use_adapter("solver")
         domain = domains.get(cfg.benchmark.domain, **trained_options(cfg))
         tasks = domain.heldout_tasks(args.size, int(cfg.seed))

@@ -126,7 +126,9 @@ def find_checkpoint(target: Path) -> tuple[Path, Path]:
 def run_config_path(run_dir: Path) -> Path:
     """The resolved config.yaml beside the checkpoint (DVC pipeline), else Hydra's own copy, else the one a
     saved policy folder carries."""
-    for path in (run_dir / "config.yaml", run_dir / ".hydra" / "config.yaml", run_dir / "policy" / "alive_config.yaml"):
+    from alive_exp.config import POLICY_CONFIG
+
+    for path in (run_dir / "config.yaml", run_dir / ".hydra" / "config.yaml", run_dir / "policy" / POLICY_CONFIG):
         if path.exists():
             return path
     raise SystemExit(f"{run_dir}: no config.yaml or .hydra/config.yaml; cannot tell which model and settings "
@@ -142,12 +144,20 @@ def is_policy(target: Path) -> bool:
 
 
 def policy_config(policy: Path) -> Path:
-    """The config a policy folder was trained with: its own copy, else its run's."""
-    own = policy / "alive_config.yaml"
+    """The config a policy folder (or a warm start) was trained with: its own copy, else its run's."""
+    from alive_exp.config import POLICY_CONFIG
+
+    own = policy / POLICY_CONFIG
     if not own.exists() and (policy / "metrics.json").exists():
         raise SystemExit(f"{policy}: a warm start built before warm starts saved their config; delete the folder "
-                         "and run the experiment again to rebuild it (the same weights, now with alive_config.yaml)")
+                         f"and run the experiment again to rebuild it (the same weights, now with {POLICY_CONFIG})")
     return own if own.exists() else run_config_path(policy.resolve().parent)
+
+
+def load_policy_config(policy: Path, overrides: list[str] | None = None):
+    """The config that rebuilds a policy folder (or a warm start) from its weights alone, overrides applied."""
+    return load_config(policy_config(policy), [f"model.init_from={policy.resolve()}", "warmstart.enabled=false",
+                                               *(overrides or [])])
 
 
 def evaluate_policy(target: Path, overrides: list[str]) -> tuple[dict[str, float], dict[str, Any]]:
@@ -157,8 +167,7 @@ def evaluate_policy(target: Path, overrides: list[str]) -> tuple[dict[str, float
     from alive_exp.train import build
 
     run_dir = target.resolve().parent
-    cfg = load_config(policy_config(target), [f"model.init_from={target.resolve()}", "warmstart.enabled=false",
-                                              *overrides])
+    cfg = load_policy_config(target, overrides)
     module = build(cfg)
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     info = torch.load(ckpt, map_location="cpu", weights_only=False).get("alive", {}) if ckpt.exists() else {}
@@ -252,8 +261,7 @@ def sample_policy(policy: Path, role: str, texts: list[str], *, reference: str |
         raise SystemExit(f"--role {role} needs --solution")
     if role == "refiner" and critique is None:
         raise SystemExit("--role refiner needs --critique (what the refiner reads: no reference in it)")
-    cfg = load_config(policy_config(policy), [f"model.init_from={policy.resolve()}", "warmstart.enabled=false",
-                                              *(overrides or [])])
+    cfg = load_policy_config(policy, overrides)
     module = build(cfg, evaluate=False)
     module.use_adapter("solver" if role == "refiner" else role)
     template = "reviewer_blind" if role == "reviewer" and reference is None else role

@@ -15,6 +15,8 @@ from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 
+POLICY_CONFIG = "alive_config.yaml"  # the resolved config beside a saved policy or a warm start
+
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from alive_exp import distributed, domains, mlflow_ui, models, readiness, rewards, tracking
 from alive_exp.callbacks import (AliveCheckpoint, TranscriptFlush, config_fingerprint, find_resumable, read_run_info,
                                  write_run_info)
+from alive_exp.config import POLICY_CONFIG
 from alive_exp.data import Corpus, StepIndices
 from alive_exp.losses import ADVANTAGES
 from alive_exp.evaluation import EvalSettings, Evaluator
@@ -24,7 +25,6 @@ from alive_exp.module import AliveModule
 from alive_exp.oracles import Oracle, RuleOracle
 from alive_exp.roles import RoleTemplates
 from alive_exp.rollout import Generator
-from alive_exp.warmstart import POLICY_CONFIG  # also beside every warm start: `alive-exp sample` reads either
 from alive_exp.traces import Tracer
 
 log = logging.getLogger(__name__)

@@ -44,11 +44,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from alive_exp import domains, models, readiness
+from alive_exp.config import POLICY_CONFIG
 from alive_exp.losses import Sample, likelihood_loss
 from alive_exp.roles import KEEP, RoleTemplates, critique_body, scrub_reference
 from alive_exp.rollout import Generator
-
-POLICY_CONFIG = "alive_config.yaml"  # the config beside a policy or a warm start (train.save_policy writes it too)
 
 log = logging.getLogger(__name__)
 
