@@ -135,13 +135,17 @@ def receive(fd):
 
 # -- the program's side: untrusted process, so nothing here is relied on -----------------------------
 def serve(fd, namespace, filename):
-    """Answer the judge's calls to functions in `namespace` until it hangs up."""
-    while True:
-        for stream in (sys.stdout, sys.stderr):  # the run is killed once the judge is done: print now
+    """Answer the judge's calls to functions in `namespace` until it hangs up. The run is killed as soon as
+    the judge is done, which may be the moment it has a reply: what the program printed goes out first."""
+    def flush():
+        for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
             except BaseException:
                 pass
+
+    while True:
+        flush()
         try:
             name, args, kwargs = receive(fd)
         except EOFError:
@@ -149,7 +153,9 @@ def serve(fd, namespace, filename):
         try:
             if name not in namespace:
                 raise NameError(f"name {name!r} is not defined")
-            send(fd, '["value",' + encode(namespace[name](*args, **kwargs), name) + "]")
+            reply = '["value",' + encode(namespace[name](*args, **kwargs), name) + "]"
+            flush()
+            send(fd, reply)
             continue
         except BaseException as exc:  # the judge decides what a raised exception means
             tb, line = exc.__traceback__, 0
@@ -162,6 +168,7 @@ def serve(fd, namespace, filename):
             except BaseException:
                 text = ""
             kind = type(exc).__name__
+        flush()
         send(fd, encode(["raised", kind, text, line]))
 
 
