@@ -457,3 +457,43 @@ def test_truncated_importance_sampling_weights_each_token_by_the_capped_ratio():
     plain, _ = role_loss(model, _normed([s], 3), pad_id=PAD, clip_eps=0.2, kl_coef=0.0)
     plain.backward()
     assert not torch.allclose(model.table.grad, got)
+
+
+def test_token_advantages_weigh_each_token_by_its_own_advantage():
+    """`reward.credit=critique`: tokens before the named line carry max(A, 0), the line onward A. The gradient is
+    that of sum_t -A_t log p_t / total, term by term; one advantage per token or the sample is refused."""
+    model = Bigram(seed=3)
+    s = Sample("solver", [1, 2], [3, 4, 5], advantage=-0.6, token_advantages=[0.0, -0.6, -0.6])
+    loss, _ = role_loss(model, _normed([s], 3), pad_id=PAD, clip_eps=0.2, kl_coef=0.0)
+    loss.backward()
+    got = model.table.grad.clone()
+    model.zero_grad()
+    lp = torch.log_softmax(model.table, -1)
+    (-(-0.6 * (lp[3, 4] + lp[4, 5])) / 3).backward()
+    torch.testing.assert_close(got, model.table.grad)
+    assert got[2].abs().sum() == 0  # the first token (after 2) carries nothing
+    with pytest.raises(ValueError, match="2 token advantages for 3"):
+        role_loss(model, _normed([Sample("solver", [1], [3, 4, 5], -1.0, token_advantages=[0.0, -1.0])], 3),
+                  pad_id=PAD, clip_eps=0.2, kl_coef=0.0)
+
+
+def test_a_shaped_sample_is_scored_by_p_over_p_plus_gamma_without_a_clip():
+    """Critique-GRPO's off-policy revision: -A p/(p+gamma) per token, its gradient -A gamma p/(p+gamma)^2 dlog p
+    (largest where p is near gamma), not the ratio's -A dlog p; an unshaped sample beside it keeps the ratio."""
+    model = Bigram(seed=4)
+    gamma = 0.1
+    shaped = Sample("solver", [1, 2], [3, 4], advantage=0.8, shaping=gamma)
+    plain = Sample("solver", [2], [6], advantage=-0.5)
+    loss, _ = role_loss(model, _normed([shaped, plain], 3), pad_id=PAD, clip_eps=0.2, kl_coef=0.0)
+    loss.backward()
+    got = model.table.grad.clone()
+    model.zero_grad()
+    lp = torch.log_softmax(model.table, -1)
+    p = torch.exp(torch.stack([lp[2, 3], lp[3, 4]]))
+    (-(0.8 * (p / (p + gamma)).sum() + -0.5 * lp[2, 6]) / 3).backward()
+    torch.testing.assert_close(got, model.table.grad)
+    model.zero_grad()
+    shaped.old_logps, shaped.shaping = None, 0.0
+    unshaped, _ = role_loss(model, _normed([shaped], 3), pad_id=PAD, clip_eps=0.2, kl_coef=0.0)
+    unshaped.backward()
+    assert not torch.allclose(model.table.grad[2], got[2])

@@ -47,6 +47,7 @@ class Attempt:
     critique: Critique | None = None
     critique_completion: Completion | None = None
     critique_prompt: str = ""
+    critic: str = ""  # who wrote this attempt's critiques: "oracle" (warm-up steps, critic=oracle) or "reviewer"
     # a second, blind review (no reference) for a share of attempts: trains the self-critique SCoRe tests
     blind_critique: Critique | None = None
     blind_completion: Completion | None = None
@@ -85,6 +86,7 @@ class AliveStep:
         self.lengths: dict[str, list[int]] = {k: [] for k in self.tokens}
         self.truncated: dict[str, list[bool]] = {k: [] for k in self.tokens}
         self.reference_leaks = 0  # quotations of the reference blanked from critiques a solver reads, this step
+        self.located = 0  # rejecting critiques whose first wrong line was found (reward.credit=critique), this step
 
     def shown(self, critique: Critique, task: Task) -> Critique:
         """The critique as a refiner or a feedback-conditioned solver reads it: the reference blanked out."""
@@ -97,10 +99,13 @@ class AliveStep:
         self.use_adapter(role)
         out = self.gen.generate(prompts, n=n, max_new_tokens=max_new, temperature=self.gcfg.temperature,
                                 top_p=self.gcfg.top_p, seed=phase_seed(self.cfg.seed, step, phase))
-        self.tokens[count_as or role] += sum(c.n_tokens for group in out for c in group)
-        self.lengths[count_as or role] += [c.n_tokens for group in out for c in group]
-        self.truncated[count_as or role] += [c.truncated for group in out for c in group]
+        self._count(count_as or role, [c for group in out for c in group])
         return out
+
+    def _count(self, kind: str, completions: list[Completion]) -> None:
+        self.tokens[kind] += sum(c.n_tokens for c in completions)
+        self.lengths[kind] += [c.n_tokens for c in completions]
+        self.truncated[kind] += [c.truncated for c in completions]
 
     # 1. construct ---------------------------------------------------------------------------------
     def construct(self, docs: list[Document], step: int) -> tuple[list[Proposal], list[Task]]:
@@ -174,16 +179,19 @@ class AliveStep:
             a.blind_prompt = self.templates.render("reviewer_blind", task=a.task.prompt, solution=a.completion.text)
         requests = [(a, False) for a in flat] + [(a, True) for a in blind]
         prompts = [a.blind_prompt if b else a.critique_prompt for a, b in requests]
-        warmup = step < self.tr.warmup_steps
-        if warmup:
-            critiques = self.oracle.critique([CritiqueRequest(a.task, a.completion.text, p, b)
-                                              for (a, b), p in zip(requests, prompts)])
-            completions = [None] * len(requests)
+        warmup = step < self.tr.warmup_steps or self.cfg.critic.writer == "oracle"
+        if warmup:  # the oracle writes them, under the reviewer's prompts and budget, counted as its tokens
+            written = self.oracle.critique([CritiqueRequest(a.task, a.completion.text, p, b)
+                                            for (a, b), p in zip(requests, prompts)])
+            completions = [self.gen.written(p, c.text, self.gcfg.reviewer_tokens) for p, c in zip(prompts, written)]
+            self._count("reviewer", completions)
+            critiques = [c if not comp.truncated else parse_critique(comp.text) for c, comp in zip(written, completions)]
         else:
             groups = self._sample("reviewer", prompts, 1, self.gcfg.reviewer_tokens, step, "review")
             completions = [g[0] for g in groups]
             critiques = [parse_critique(c.text) for c in completions]
         for (a, b), c, comp in zip(requests, critiques, completions):
+            a.critic = "oracle" if warmup else "reviewer"
             if b:
                 a.blind_critique, a.blind_completion = c, comp
             else:
@@ -224,21 +232,34 @@ class AliveStep:
 
     def solver_samples(self, attempts: list[list[Attempt]]) -> list[Sample]:
         """Group-relative policy gradient over each task's N solutions (the mode's reward), plus the mode's
-        likelihood targets (verbal distillation, FCP, the supervised control)."""
+        likelihood targets (verbal distillation, FCP, the supervised control).
+
+        `reward.refinements_in_group` (Critique-GRPO): a task's revisions under the reference critique join its
+        group, under the solver's prompt, rewarded by the reference check, so a group of wrong solutions still
+        teaches when a revision came out right. `reward.credit=critique`: a rejected solution's tokens before
+        the line its critique names carry no negative advantage (`credit`)."""
         out: list[Sample] = []
         groups = [self.mode.solver_rewards([a.prompt for a in g], [a.completion.text for a in g],
                                           correct=[a.correct for a in g], critiques=[a.critique for a in g])
                   for g in attempts]
-        advs = group_advantages(groups, self.rcfg.advantage, self.rcfg.scale_by_std)
+        revised = [[a for a in g if a.revision is not None] if self.rcfg.refinements_in_group else [] for g in attempts]
+        advs = group_advantages([r + [float(a.revision_correct) for a in rev] for r, rev in zip(groups, revised)],
+                                self.rcfg.advantage, self.rcfg.scale_by_std)
         neg = self.rcfg.negative_weight  # < 1 damps the push-down on below-average solutions (W-REINFORCE)
         advs = [[a if a >= 0 else neg * a for a in adv] for adv in advs]
         coef = {"distill": self.rcfg.distill_coef, "fcp": self.rcfg.fcp_coef, "sft": self.rcfg.sft_coef}
-        for g, rewards, adv in zip(attempts, groups, advs):
+        self.located = 0
+        for g, rewards, adv, rev in zip(attempts, groups, advs, revised):
             for a, r, ad in zip(g, rewards, adv):
                 a.reward, a.advantage = r, (ad if self.mode.policy_gradient else 0.0)
                 if self.mode.policy_gradient:
                     out.append(Sample("solver", a.completion.prompt_ids, a.completion.completion_ids, ad,
-                                      group=("solve", a.task.id), sampler_logps=a.completion.sampler_logps))
+                                      group=("solve", a.task.id), sampler_logps=a.completion.sampler_logps,
+                                      token_advantages=self.credit(a, ad)))
+            for a, ad in zip(rev, adv[len(g):]):  # off-policy: the policy wrote them under the refiner's prompt
+                text = revised_text(a.completion.text, a.revision.text)
+                out.append(Sample("solver", a.completion.prompt_ids, self.gen.encode_completion(text), ad, kind="refined",
+                                  group=("solve", a.task.id), shaping=self.rcfg.refinement_shaping))
             confirmed = [revised_text(a.completion.text, a.revision.text) for a in g
                          if a.revision is not None and a.revision_correct]
             task = g[0].task
@@ -248,6 +269,19 @@ class AliveStep:
                 out.append(Sample("solver", self.gen.encode_prompt(t.prompt), self.gen.encode_completion(t.completion),
                                   0.0, coef[t.kind], t.kind, group=(t.kind, task.id)))
         return out
+
+    def credit(self, a: Attempt, advantage: float) -> list[float] | None:
+        """Per-token advantages where the critique points (`reward.credit=critique`), or None (every token the
+        solution's advantage): when the critique rejects the solution and names the line it first goes wrong
+        on, the tokens before that line carry no negative advantage and the line onward carry the solution's."""
+        if self.rcfg.credit != "critique" or a.critique is None or a.critique.verdict is not False:
+            return None
+        at = self.domain.locate_error(a.task, a.completion.text, a.critique.text)
+        if at is None:
+            return None
+        self.located += 1
+        k = self.gen.token_at(a.completion.completion_ids, at)
+        return [max(advantage, 0.0)] * k + [advantage] * (len(a.completion.completion_ids) - k)
 
     def refine_samples(self, attempts: list[list[Attempt]]) -> list[Sample]:
         """Critique-guided refinement is itself a policy (modes that train the refiner): revisions the reference
@@ -275,10 +309,10 @@ class AliveStep:
         flat = [a for g in attempts for a in g]
         blind = [a for a in flat if a.blind_critique is not None]
         if warmup:
-            pairs = ([(a.critique_prompt, a.critique, ("review", a.task.id)) for a in flat]
-                     + [(a.blind_prompt, a.blind_critique, ("review_blind", a.task.id)) for a in blind])
-            return [Sample("reviewer", self.gen.encode_prompt(p), self.gen.encode_completion(c.text), 0.0, 1.0, "oracle",
-                           group=k) for p, c, k in pairs if c.verdict is not None]
+            pairs = ([(a.critique_completion, a.critique, ("review", a.task.id)) for a in flat]
+                     + [(a.blind_completion, a.blind_critique, ("review_blind", a.task.id)) for a in blind])
+            return [Sample("reviewer", w.prompt_ids, w.completion_ids, 0.0, 1.0, "oracle", group=k)
+                    for w, c, k in pairs if c.verdict is not None]
         weight, fix_rate, bweight = self.agreement_weights(flat), self.fix_rate(flat), self.agreement_weights(blind)
         for a in flat:
             a.review_reward = self.reviewer_reward(a, weight[a.correct], fix_rate)

@@ -33,6 +33,8 @@ Schedule = _choices("Schedule", "constant cosine linear")
 Constructor = _choices("Constructor", "learned rule")
 OracleKind = _choices("OracleKind", "rule hf http")
 RolloutEngine = _choices("RolloutEngine", "hf vllm")
+CriticWriter = _choices("CriticWriter", "self oracle")
+Credit = _choices("Credit", "outcome critique")
 LossType = _choices("LossType", "dapo grpo dr_grpo bnpo")  # TRL's names and meanings (losses.LOSS_TYPES)
 
 
@@ -104,6 +106,9 @@ class RewardConfig:
     reviewer_balance: bool = True
     reviewer_instructive: float = 0.5
     constructor_invalid: float = -1.0
+    credit: Credit = Credit.outcome  # critique: a rejected solution's tokens before the line its critique names get no negative advantage
+    refinements_in_group: bool = False  # Critique-GRPO: revisions join their task's group for the advantage (verbal)
+    refinement_shaping: float = 0.1  # gamma of Critique-GRPO's policy shaping p/(p+gamma) on revision tokens; 0: none
 
 
 @dataclass
@@ -209,6 +214,11 @@ class OracleConfig:
 
 
 @dataclass
+class CriticConfig:
+    writer: CriticWriter = CriticWriter.self  # oracle: the `oracle` group's critic writes every critique of the run
+
+
+@dataclass
 class RolesConfig:
     constructor: str = ""
     solver: str = ""
@@ -289,6 +299,7 @@ class Config:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     oracle: OracleConfig = field(default_factory=OracleConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
     roles: RolesConfig = field(default_factory=RolesConfig)
     warmstart: WarmstartConfig = field(default_factory=WarmstartConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)

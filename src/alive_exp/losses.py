@@ -5,6 +5,10 @@ target (oracle critique, distilled revision, FCP) carries a weight. One token-le
 
     loss = sum_samples sum_tokens [ -A * ratio_clipped  +  kl_coef * KL_k3  -  w * log p ] / norm_sample
 
+A may differ by token (`Sample.token_advantages`: credit where the critique points), and a sample the policy
+did not sample (a revision in its task's group) replaces the ratio by the shaped p / (p + gamma)
+(`Sample.shaping`, Critique-GRPO).
+
 where `norm_sample` is set by `normalise` for `reward.loss_type`, with TRL's names and meanings (`LOSS_TYPES`):
 the counts in it are the role's whole step on every process, so micro-batches and processes leave the
 gradient as one process computes it on the whole batch (tests/test_trl_parity.py, tests/test_ddp.py).
@@ -127,6 +131,19 @@ class Sample:
     sampler_logps: list[float] | None = field(default=None, repr=False, compare=False)
     # what this sample's summed token loss is divided by (`normalise`, for `reward.loss_type`)
     loss_norm: float = field(default=0.0, repr=False, compare=False)
+    # one advantage per completion token, in place of `advantage` on every token (`reward.credit=critique`)
+    token_advantages: list[float] | None = field(default=None, repr=False, compare=False)
+    # gamma > 0: a sample the policy did not write (a revision in its task's group, Critique-GRPO) is scored by
+    # the shaped probability p / (p + gamma) in place of the ratio, with no clip
+    shaping: float = 0.0
+
+    def token_advantage_list(self) -> list[float]:
+        n = len(self.completion_ids)
+        if self.token_advantages is None:
+            return [self.advantage] * n
+        if len(self.token_advantages) != n:
+            raise ValueError(f"a sample has {len(self.token_advantages)} token advantages for {n} completion tokens")
+        return list(self.token_advantages)
 
 
 def local_counts(samples: list[Sample], batch_size: int) -> list[float]:
@@ -167,7 +184,8 @@ def contributing(samples: list[Sample], kl_coef: float) -> list[Sample]:
     adds nothing to the loss or its gradient unless a KL term is on; skipping its forward and backward leaves
     the gradient unchanged, because `normalise` set every sample's norm from the whole batch, which counts it.
     """
-    keep = [s for s in samples if s.advantage != 0.0 or s.nll_weight != 0.0 or kl_coef > 0]
+    keep = [s for s in samples if s.advantage != 0.0 or s.nll_weight != 0.0 or kl_coef > 0
+            or any(s.token_advantages or ())]
     return sorted(keep, key=lambda s: len(s.prompt_ids) + len(s.completion_ids), reverse=True)
 
 
@@ -195,6 +213,8 @@ def role_loss(model, samples: list[Sample], *, pad_id: int, clip_eps: float, kl_
     lengths = [len(s.completion_ids) for s in samples]
     per_sample = torch.tensor([[s.advantage, s.nll_weight, 1.0 / s.loss_norm] for s in samples], device=device)
     adv, w, inv_norm = per_sample.repeat_interleave(torch.tensor(lengths, device=device), dim=0).unbind(1)
+    if any(s.token_advantages is not None for s in samples):  # credit by token (`reward.credit=critique`)
+        adv = torch.tensor([x for s in samples for x in s.token_advantage_list()], device=device, dtype=adv.dtype)
     # the first pass over a rollout stores its log-probs as the old ones (ratio 1 with a live gradient);
     # later PPO epochs score the same tokens against them, where the clip binds
     if any(s.old_logps is None for s in samples):
@@ -213,6 +233,11 @@ def role_loss(model, samples: list[Sample], *, pad_id: int, clip_eps: float, kl_
     pg = -torch.min(ratio * adv, clipped_term)
     if tis_cap is not None:
         pg = pg * torch.where(known, torch.exp(old - sampled).clamp(max=tis_cap), torch.ones_like(old))
+    if any(s.shaping > 0 for s in samples):  # Critique-GRPO's off-policy revisions: -A p/(p+gamma), unclipped
+        gamma = torch.tensor([s.shaping for s in samples], device=device, dtype=lp.dtype).repeat_interleave(
+            torch.tensor(lengths, device=device))
+        p = torch.exp(lp)
+        pg = torch.where(gamma > 0, -adv * p / (p + gamma), pg)
     clipped = clipped_term < ratio * adv  # the clip took the gradient away
     per_token = pg - w * lp
     kl = torch.zeros((), device=device)

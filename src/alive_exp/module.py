@@ -282,6 +282,16 @@ class AliveModule(pl.LightningModule):
         m["solver/reward_mean"] = m["train/reward_mean"]
         m["solver/accuracy"] = M.mean([float(a.correct) for a in flat])
         m["solver/nll_targets"] = float(sum(1 for s in samples["solver"] if s.nll_weight > 0))
+        # rejections whose critique named the first wrong line (reward.credit=critique credits from there)
+        m["solver/located_critiques"] = float(self.step_impl.located)
+        rejected = [a for a in flat if a.critique is not None and a.critique.verdict is False]
+        m["solver/located_share"] = self.step_impl.located / len(rejected) if rejected else 0.0
+        # groups with no right solution (no outcome signal at all), and those a right revision rescued
+        all_wrong = [g for g in attempts if not any(a.correct for a in g)]
+        m["solver/all_wrong_groups"] = len(all_wrong) / len(attempts) if attempts else 0.0
+        m["solver/rescued_groups"] = float(sum(any(a.revision_correct for a in g if a.revision is not None)
+                                               for g in all_wrong))
+        m["solver/refined_in_group"] = float(sum(1 for s in samples["solver"] if s.kind == "refined"))
         reviewed = [a for a in flat if a.critique is not None]  # all of them, unless trainer.reviews=false
         # the rewards the reviewer was trained on (class-weighted, instructive bonus included); 0 in warm-up
         trained = [a.review_reward for a in reviewed if a.review_reward is not None]

@@ -173,6 +173,24 @@ class Generator:
         stops on."""
         return self.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.turn_end]
 
+    def written(self, prompt: str, text: str, max_new_tokens: int) -> Completion:
+        """A completion someone else wrote (the oracle's critique), held to the budget a sampled one has: cut
+        at `max_new_tokens` tokens, as `generate` would have cut it, and counted like one."""
+        ids = self.encode_completion(text)
+        truncated = len(ids) > max_new_tokens
+        if truncated:
+            ids = ids[:max_new_tokens]
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        return Completion(prompt, text, self.encode_prompt(prompt), ids, truncated)
+
+    def token_at(self, completion_ids: list[int], offset: int) -> int:
+        """Index of the completion token that holds character `offset` of its decoded text (the first token
+        whose text reaches past it); len(completion_ids) when the text ends before `offset`."""
+        for k in range(1, len(completion_ids) + 1):
+            if len(self.tokenizer.decode(completion_ids[:k], skip_special_tokens=True)) > offset:
+                return k - 1
+        return len(completion_ids)
+
     @torch.no_grad()
     def generate(self, prompts: list[str], *, n: int = 1, max_new_tokens: int = 64, temperature: float = 1.0,
                  top_p: float = 1.0, seed: int | None = None,

@@ -84,15 +84,14 @@ class Tracer:
                                            inputs={"prompt": _cut(a.prompt)},
                                            attributes={"index": i, "correct": bool(a.correct), "reward": float(a.reward),
                                                        "advantage": float(a.advantage)})
-            for name, c, comp, prompt, reward in (
-                    ("review", a.critique, a.critique_completion, a.critique_prompt, a.review_reward),
-                    ("review_blind", a.blind_critique, a.blind_completion, a.blind_prompt, a.blind_review_reward)):
+            for name, c, prompt, reward in (("review", a.critique, a.critique_prompt, a.review_reward),
+                                            ("review_blind", a.blind_critique, a.blind_prompt, a.blind_review_reward)):
                 if c is not None:
                     self._leaf(tid, solve.span_id, name, "LLM", {"prompt": _cut(prompt)}, {"critique": _cut(c.text)},
                                {"verdict": "none" if c.verdict is None else str(c.verdict),
                                 "agrees_with_check": c.verdict is not None and c.verdict == a.correct,
                                 "reward": 0.0 if reward is None else float(reward),
-                                "from_oracle": comp is None, "error": c.error or ""})
+                                "from_oracle": a.critic == "oracle", "error": c.error or ""})
             for name, rev, fixed, leaks in (("refine", a.revision, a.revision_correct, a.revision_leaks),
                                             ("refine_blind", a.blind_revision, a.blind_revision_correct,
                                              a.blind_revision_leaks)):

@@ -119,6 +119,14 @@ def build(cfg: DictConfig, evaluate: bool = True) -> AliveModule:
     if not cfg.trainer.reviews and mode_cls is not None and mode_cls.needs_reviews:
         raise ValueError(f"trainer.reviews=false runs no review phase, but reward={cfg.reward.mode} reads the "
                          "reviewer's verdicts or critiques; use reward=scalar or reward=sft, or trainer.reviews=true")
+    if cfg.reward.credit == "critique" and mode_cls is not None and not (mode_cls.needs_reviews and mode_cls.policy_gradient):
+        raise ValueError(f"reward.credit=critique places a solution's advantage where its critique points, but "
+                         f"reward={cfg.reward.mode} has no critique-read policy gradient; use reward=judge or reward=verbal")
+    if cfg.reward.refinements_in_group and not (mode_cls is not None and mode_cls.train_refiner and cfg.reward.refine):
+        raise ValueError(f"reward.refinements_in_group adds revisions to their task's group, but reward={cfg.reward.mode} "
+                         f"(reward.refine={cfg.reward.refine}) revises nothing it learns from; use reward=verbal")
+    if cfg.reward.refinement_shaping < 0:
+        raise ValueError(f"reward.refinement_shaping={cfg.reward.refinement_shaping}: gamma must be >= 0 (0: no shaping)")
     options = domain_options(cfg)
     domain = domains.get(cfg.benchmark.domain, **options[cfg.benchmark.domain])
     corpus_domains = sorted({cfg.benchmark.domain, *cfg.benchmark.eval_domains})

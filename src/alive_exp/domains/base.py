@@ -198,6 +198,12 @@ class Domain(ABC):
         whose critique reads differently with the reference in view use it.
         """
 
+    def locate_error(self, task: Task, completion: str, critique: str) -> int | None:
+        """Where `critique` (any reviewer's text, not only the oracle's) says `completion` first goes wrong: the
+        character offset of the start of the line it names, or None when it names none this domain can find
+        (`reward.credit=critique` then falls back to the whole completion). None by default."""
+        return None
+
     def corrupt(self, task: Task, solution: str, rng: random.Random) -> str | None:
         """A deliberately wrong variant of a correct solution (for reviewer and refiner warm-up), or None.
 

@@ -194,6 +194,37 @@ def first_error(task_prompt: str, completion: str) -> str | None:
     return None
 
 
+_NAMED = re.compile(r"\b(" + "|".join(p.capitalize() for p in PLACES) + r") column(?::| skipped)")
+
+
+def error_line(task_prompt: str, completion: str, critique: str) -> int | None:
+    """Offset in `completion` of the line `critique` says is the first wrong one, the way `first_error` and
+    `critique_text` name it: "<Place> column: ..." or "<Place> column skipped" (that column's line, or the
+    answer line when the working stops before it), "the answer line", "more lines than ... columns" (the
+    first extra line). None when it names no line the completion has (e.g. "No 'Answer:' line")."""
+    if parse_question(task_prompt) is None:
+        return None
+    given = [ln for ln in task_prompt.splitlines()[1:] if "[MASK]" not in ln]
+    body, answer_at, at = [], None, 0
+    for ln in completion.splitlines(keepends=True):  # the lines `first_error` reads, with where each starts
+        if ln.startswith("Answer:"):
+            answer_at = at if answer_at is None else answer_at
+        elif ln.strip():
+            body.append(at)
+        at += len(ln)
+    named = _NAMED.search(critique)
+    if named:
+        j = PLACES.index(named.group(1).lower()) - len(given)
+        return None if j < 0 else body[j] if j < len(body) else answer_at
+    if "the answer line" in critique:
+        return answer_at
+    if "more lines than" in critique:
+        q = parse_question(task_prompt)
+        j = len(columns(*q)) - len(given)
+        return body[j] if 0 <= j < len(body) else None
+    return None
+
+
 def digit_pairs(reference: str, answer: str) -> str:
     """The reviewer's comparison, one digit pair at a time, up to the first that differs (`-`: a number ended):
     `digit_pairs("834", "824")` is `8 8, 3 2`. Each same-or-different decision is then between two adjacent

@@ -386,6 +386,17 @@ class MathDomain(Domain):
         )
         return Critique(f"{text}\n{verdict_line(False)}", False)
 
+    def locate_error(self, task: Task, completion: str, critique: str) -> int | None:
+        """The column or answer line a column critique names (`columns.error_line`); for worked steps, the line of
+        the step "Step n is wrong" names."""
+        if col.parse_question(task.prompt) is not None:
+            return col.error_line(task.prompt, completion, critique)
+        named = re.search(r"\bStep (\d+) is wrong", critique)
+        steps = list(_STEP.finditer(completion))
+        if not named or not 1 <= int(named.group(1)) <= len(steps):
+            return None
+        return completion.rfind("\n", 0, steps[int(named.group(1)) - 1].start()) + 1
+
     @staticmethod
     def _first_slip(completion: str) -> str | None:
         for n, m in enumerate(_STEP.finditer(completion), start=1):
