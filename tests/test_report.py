@@ -21,7 +21,7 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from alive_exp import cli
-from alive_exp.report import PARENT_TAG, REPORT_TAG, fmt, t_interval
+from alive_exp.report import PARENT_TAG, REPORT_TAG, fmt, t_interval, value_range
 
 REPO = Path(__file__).resolve().parents[1]
 T975 = {1: 12.706204736174696, 2: 4.302652729749464}  # two-sided 95% t quantiles by degrees of freedom
@@ -77,13 +77,13 @@ def close(a: float | None, b: float | None) -> bool:
     return (a is None and b is None) or math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
 
 
-def expected(values: list[float]) -> tuple[float, float | None, float | None]:
-    """Mean and 95% t-interval, computed without the report's code."""
+def expected(values: list[float], bounds=(-math.inf, math.inf)) -> tuple[float, float | None, float | None]:
+    """Mean and 95% t-interval within `bounds`, computed without the report's code; none below 3 seeds."""
     mean = statistics.fmean(values)
-    if len(values) == 1:
+    if len(values) < 3:
         return mean, None, None
     half = T975[len(values) - 1] * statistics.stdev(values) / math.sqrt(len(values))
-    return mean, mean - half, mean + half
+    return mean, max(mean - half, bounds[0]), min(mean + half, bounds[1])
 
 
 def test_sweep_report_numbers_equal_mlflow(store, tmp_path, capsys):
@@ -206,6 +206,15 @@ def test_t_interval_matches_the_t_table():
     mean, lo, hi = expected([0.2, 0.4, 0.9])
     assert close(stat["mean"], mean) and close(stat["ci_low"], lo) and close(stat["ci_high"], hi)
     assert t_interval([0.5]) == {"n": 1, "mean": 0.5, "ci_low": None, "ci_high": None}
+    # two seeds: t(0.975, 1) = 12.7 makes the interval say nothing; the report says so instead of printing one
+    two = t_interval([0.5, 0.56], bounds=(0.0, 1.0))
+    assert two["ci_low"] is None and fmt(two) == "0.530 (n=2, too few seeds for an interval)"
+    # a rate's interval stays within [0, 1]; a difference of rates within [-1, 1]
+    wide = [0.1, 0.9, 0.95]
+    assert t_interval(wide, bounds=value_range("eval/math_heldout/accuracy")) == {
+        "n": 3, "mean": statistics.fmean(wide), "ci_low": 0.0, "ci_high": 1.0}
+    assert t_interval(wide)["ci_low"] < 0 and value_range("math_heldout/accuracy", difference=True) == (-1.0, 1.0)
+    assert value_range("tokens/solver") is None and value_range("math_heldout/sc_delta") == (-1.0, 1.0)
 
 
 @pytest.mark.slow

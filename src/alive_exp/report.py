@@ -48,25 +48,51 @@ class RunRecord:
 
 
 # -- statistics -------------------------------------------------------------------------------------
-def t_interval(values: Sequence[float], level: float = 0.95) -> dict[str, Any]:
-    """Mean and two-sided t-interval across seeds; with one value the bounds are None."""
+MIN_SEEDS = 3  # below it a t-interval says nothing (t(0.975, 1) = 12.7): the report says so instead
+_RATES = {"accuracy", "sampled_accuracy", "balanced_agreement", "agreement", "precision", "recall", "missing_rate",
+          "valid_rate", "success_rate", "blind_success_rate", "acc_t1", "acc_t2", "gated_acc_t2", "critique_agreement",
+          "critique_balanced_agreement", "sampled", "reviewer_agreement"}  # the last two: the learning report's columns
+_DELTAS = {"delta", "gated_delta", "delta_i_to_c", "delta_c_to_i", "sc_delta", "i_to_c", "c_to_i"}  # rate - rate
+
+
+def value_range(metric: str, difference: bool = False) -> tuple[float, float] | None:
+    """What a metric's values can be: [0, 1] for a rate (accuracy, pass@k, agreement, ...), [-1, 1] for a
+    difference of rates (a self-correction delta, or `difference`: one arm's rate minus another's), wider
+    again for a difference of deltas; None for tokens, times, losses and rewards (no bound to keep to)."""
+    last = metric.rsplit("/", 1)[-1]
+    if last in _RATES or last.startswith(("pass_at_", "pass@")):
+        return (-1.0, 1.0) if difference else (0.0, 1.0)
+    if last in _DELTAS:
+        return (-2.0, 2.0) if difference else (-1.0, 1.0)
+    return None
+
+
+def t_interval(values: Sequence[float], level: float = 0.95,
+               bounds: tuple[float, float] | None = None) -> dict[str, Any]:
+    """Mean and two-sided t-interval across seeds, kept within `bounds` (`value_range`: a rate's interval stays
+    in [0, 1]); with fewer than MIN_SEEDS values the bounds are None (`fmt` says why)."""
     n = len(values)
     mean = sum(values) / n
-    if n < 2:
+    if n < MIN_SEEDS:
         return {"n": n, "mean": mean, "ci_low": None, "ci_high": None}
     from scipy.stats import t
 
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
     half = float(t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
-    return {"n": n, "mean": mean, "ci_low": mean - half, "ci_high": mean + half}
+    low, high = mean - half, mean + half
+    if bounds is not None:
+        low, high = max(low, bounds[0]), min(high, bounds[1])
+    return {"n": n, "mean": mean, "ci_low": low, "ci_high": high}
 
 
 def fmt(stat: dict[str, Any] | None, digits: int = 3) -> str:
-    """`0.512 [0.401, 0.623]`, or `0.512 (n=1)` for a single seed; `-` when absent."""
+    """`0.512 [0.401, 0.623]`; `0.512 (n=1)` for one seed, `0.512 (n=2, too few seeds for an interval)` below
+    MIN_SEEDS; `-` when absent."""
     if not stat:
         return "-"
     if stat["ci_low"] is None:
-        return f"{stat['mean']:.{digits}f} (n=1)"
+        return f"{stat['mean']:.{digits}f} (n=1)" if stat["n"] == 1 else \
+            f"{stat['mean']:.{digits}f} (n={stat['n']}, too few seeds for an interval)"
     return f"{stat['mean']:.{digits}f} [{stat['ci_low']:.{digits}f}, {stat['ci_high']:.{digits}f}]"
 
 
@@ -152,7 +178,7 @@ def stat_row(domain: str, mode: str, metric: str, members: Sequence[RunRecord],
     if not have:
         return None
     row = {"domain": domain, "reward_mode": mode, "metric": metric}
-    row.update(t_interval([values[r.run_id] for r in have]))
+    row.update(t_interval([values[r.run_id] for r in have], bounds=value_range(metric)))
     row["seeds"] = [r.seed for r in have]
     row["values"] = [values[r.run_id] for r in have]
     row["run_ids"] = [r.run_id for r in have]

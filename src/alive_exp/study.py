@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from alive_exp.report import fmt, metric_history, t_interval
+from alive_exp.report import fmt, metric_history, t_interval, value_range
 
 BASELINE = "warm_start"
 SUITE_METRICS = {  # column name -> metric under eval/<suite>/
@@ -87,12 +87,12 @@ def paired(data: dict[str, Any], arm: str, other: str, key: str) -> dict[str, An
              if (arm, s) in by and (other, s) in by and key in by[(arm, s)]["final"] and key in by[(other, s)]["final"]]
     if not diffs:
         return None
-    return {**t_interval(diffs), "values": diffs}
+    return {**t_interval(diffs, bounds=value_range(key, difference=True)), "values": diffs}
 
 
 def level(data: dict[str, Any], arm: str, key: str, table: str = "final") -> dict[str, Any] | None:
     vals = [r[table][key] for r in data["runs"] if r["arm"] == arm and key in r[table]]
-    return {**t_interval(vals), "values": vals} if vals else None
+    return {**t_interval(vals, bounds=value_range(key)), "values": vals} if vals else None
 
 
 def verdict(stat: dict[str, Any] | None) -> str:
