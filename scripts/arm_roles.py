@@ -1,8 +1,11 @@
 """Is each role an arm relies on doing its job, step by step? Train the critique-based arms from one warm start.
 
     python scripts/arm_roles.py [--arms verbal fcp] [--seed 0] [--every 5] [hydra overrides ...]
+    python scripts/arm_roles.py --arms verbal:critic=oracle verbal:reward.credit=critique \
+        verbal:reward.refinements_in_group=true
 
-Runs `train.py +experiment=math reward=ARM seed=SEED` for each arm (the same cached warm start, the run's own
+Runs `train.py +experiment=math reward=ARM seed=SEED` for each arm (`MODE:KEY=VALUE,KEY=VALUE` adds the arm's
+own overrides) (the same cached warm start, the run's own
 tracking store in a temporary folder) and prints, every `--every` steps and at the last, what the arm rests
 on: the reviewer's balanced agreement with the reference check on the step's samples, with the reference
 (`reviewer/balanced_agreement`) and blind (`reviewer/blind_balanced_agreement`), its missing-verdict rate,
@@ -22,7 +25,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 STEP_KEYS = ("reviewer/balanced_agreement", "reviewer/blind_balanced_agreement", "reviewer/missing_rate",
-             "solver/accuracy")
+             "solver/accuracy", "solver/located_share", "solver/all_wrong_groups", "solver/rescued_groups",
+             "refine/success_rate")
 FINAL_KEYS = tuple(f"eval/math_heldout/{k}" for k in (
     "accuracy", "self_correction/acc_t1", "self_correction/acc_t2", "self_correction/gated_acc_t2",
     "self_correction/critique_balanced_agreement", "reviewer/balanced_agreement"))
@@ -45,8 +49,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             uri = f"sqlite:///{tmp}/mlflow.db"
             os.environ["MLFLOW_TRACKING_URI"] = uri
-            cfg = compose(["+experiment=math", f"reward={arm}", f"seed={args.seed}", f"paths.output_dir={tmp}/run",
-                           "trainer.progress_bar=false", *args.overrides])
+            mode, _, own = arm.partition(":")
+            cfg = compose(["+experiment=math", f"reward={mode}", f"seed={args.seed}", f"paths.output_dir={tmp}/run",
+                           "trainer.progress_bar=false", *args.overrides, *filter(None, own.split(","))])
             final = run(cfg)
             client = mlflow.MlflowClient(uri)
             # the run's experiment is the logger's (`logger.experiment_name`), the only one in this fresh store with a run
