@@ -2,7 +2,7 @@
 
     python scripts/choose_lr.py                   # writes docs/lr_choice.json (+ .md)
 
-For each reward mode of sweeps/learning.yaml and each learning rate of `--grid`: one run from the warm start
+For each arm of sweeps/learning.yaml (conf/arm/) and each learning rate of `--grid`: one run from the warm start
 of a tuning seed that no report uses (`--seed`, default 100), `trainer.max_steps` ALIVE steps, evaluated
 greedily on `math_validation` (problems of their own hash bucket, disjoint from training and from every
 held-out suite). The chosen rate is the grid value with the highest validation accuracy (ties: the smaller
@@ -39,7 +39,7 @@ def one(mode: str, lr: float, args) -> float:
 
     root = args.work / f"{mode}-{lr:g}"
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    cfg = compose(["+experiment=math", f"reward={mode}", f"seed={args.seed}", f"trainer.optim.solver.lr={lr}",
+    cfg = compose(["+experiment=math", f"+arm={mode}", f"seed={args.seed}", f"trainer.optim.solver.lr={lr}",
                    f"benchmark.eval_suites=[{SUITE}]", f"benchmark.eval_size={args.eval_size}",
                    "benchmark.self_correction=false", "benchmark.pass_k=[]", "trainer.progress_bar=false",
                    "trainer.checkpoint_every=0", f"paths.data_dir={args.data}", f"paths.root_dir={root}",
@@ -52,7 +52,7 @@ def one(mode: str, lr: float, args) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sweep", type=Path, default=REPO / "sweeps" / "learning.yaml")
-    ap.add_argument("--arms", nargs="+", help="reward modes (default: the sweep's)")
+    ap.add_argument("--arms", nargs="+", help="arms, options of conf/arm/ (default: the sweep's)")
     ap.add_argument("--grid", type=float, nargs="+", default=[3e-5, 1e-4, 3e-4])
     ap.add_argument("--seed", type=int, default=100, help="a tuning seed no report uses")
     ap.add_argument("--eval-size", type=int, default=200)

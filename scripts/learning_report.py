@@ -35,16 +35,19 @@ COMPARISONS = [("verbal", "scalar"), ("verbal", "sft"), ("scalar", "sft"), ("ver
 
 
 def sweep_grid(path: Path) -> tuple[list[str], list[int], list[str]]:
-    """(reward modes, seeds, fixed overrides) of a sweep file."""
+    """(arms, seeds, fixed overrides) of a sweep file: its `+arm` (conf/arm/: a reward mode or a variant such as
+    verbal_credit) and `seed` parameters; a sweep over `reward` names its modes, each an arm of the same name."""
     spec = yaml.safe_load(path.read_text())
     params = spec["hydra"]["sweeper"]["params"]
-    fixed = [f"{k}={v}" for k, v in params.items() if k not in ("reward", "seed")]
-    return str(params["reward"]).split(","), [int(s) for s in str(params["seed"]).split(",")], fixed
+    fixed = [f"{k}={v}" for k, v in params.items() if k not in ("reward", "+arm", "seed")]
+    arms = params["+arm"] if "+arm" in params else params["reward"]
+    return str(arms).split(","), [int(s) for s in str(params["seed"]).split(",")], fixed
 
 
 def overrides_for(arm: str, seed: int, args, lr: float | None) -> list[str]:
-    mode = "scalar" if arm == "warm_start" else arm
-    out = ["+experiment=math", f"reward={mode}", f"seed={seed}", f"benchmark.eval_size={args.eval_size}",
+    """A run of `arm` (conf/arm/<arm>.yaml; the warm start: 0 steps of scalar) at `seed`."""
+    out = ["+experiment=math", f"+arm={'scalar' if arm == 'warm_start' else arm}", f"seed={seed}",
+           f"benchmark.eval_size={args.eval_size}",
            f"trainer.max_steps={0 if arm == 'warm_start' else args.steps}", "trainer.progress_bar=false",
            "trainer.checkpoint_every=0", f"paths.data_dir={args.data}", f"logger.tracking_uri={store(args, arm, seed)}",
            f"hardware.torch_threads={args.threads}", "+logger.tags.study=learning_report", f"+logger.tags.arm={arm}",
@@ -71,7 +74,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sweep", type=Path, default=REPO / "sweeps" / "learning.yaml")
     ap.add_argument("--seeds", type=int, nargs="+", help="default: the sweep's")
-    ap.add_argument("--arms", nargs="+", help="reward modes (default: the sweep's)")
+    ap.add_argument("--arms", nargs="+", help="arms, options of conf/arm/ (default: the sweep's)")
     ap.add_argument("--steps", type=int, help="ALIVE steps per run (default: the experiment's)")
     ap.add_argument("--eval-size", type=int, default=200)
     ap.add_argument("--lr-choice", type=Path, default=REPO / "docs" / "lr_choice.json",

@@ -12,7 +12,7 @@ from omegaconf.errors import ConfigKeyError, ValidationError
 from conftest import CONF, REPO, compose_cfg
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
-GROUPS = ["model", "benchmark", "reward", "trainer", "hardware", "logger", "paths", "oracle", "roles"]
+GROUPS = ["model", "benchmark", "reward", "trainer", "hardware", "logger", "paths", "oracle", "critic", "roles"]
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -36,6 +36,30 @@ def test_debug_options_shrink_the_experiment_they_follow(option, tmp_path):
     cfg = compose_cfg(["+experiment=math", f"+debug={option}"], tmp_path)
     assert cfg.trainer.solutions_per_task < full.trainer.solutions_per_task
     assert cfg.benchmark.train_docs < full.benchmark.train_docs and not cfg.trainer.progress_bar
+
+
+ARMS = {"scalar": ("scalar", "outcome", False, "self"), "judge": ("judge", "outcome", False, "self"),
+        "verbal": ("verbal", "outcome", False, "self"), "fcp": ("fcp", "outcome", False, "self"),
+        "sft": ("sft", "outcome", False, "self"), "verbal_credit": ("verbal", "critique", False, "self"),
+        "verbal_group": ("verbal", "outcome", True, "self"), "verbal_oracle": ("verbal", "outcome", False, "oracle")}
+
+
+def test_every_arm_is_its_reward_mode_and_variant_and_the_learning_sweep_runs_only_arms(tmp_path):
+    """+arm=NAME (the learning report's arms) sets the reward mode and the variant's keys and nothing else."""
+    assert sorted(p.stem for p in (CONF / "arm").glob("*.yaml")) == sorted(ARMS)
+    plain = compose_cfg(["+experiment=math"], tmp_path)
+    for arm, (mode, credit, in_group, writer) in ARMS.items():
+        cfg = compose_cfg(["+experiment=math", f"+arm={arm}"], tmp_path)
+        got = (cfg.reward.mode, cfg.reward.credit, cfg.reward.refinements_in_group, cfg.critic.writer)
+        assert got == (mode, credit, in_group, writer), arm
+        same_mode = compose_cfg(["+experiment=math", f"reward={mode}"], tmp_path)
+        assert cfg.trainer == same_mode.trainer == plain.trainer and cfg.warmstart == plain.warmstart
+    sys.path.insert(0, str(REPO / "scripts"))
+    from learning_report import sweep_grid
+
+    arms, seeds, fixed = sweep_grid(REPO / "sweeps" / "learning.yaml")
+    assert set(arms) <= set(ARMS) and {"verbal_oracle", "verbal_credit", "verbal_group"} <= set(arms)
+    assert seeds == [0, 1, 2, 3, 4] and fixed == []
 
 
 def test_every_group_file_documents_itself():
