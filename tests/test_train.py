@@ -181,12 +181,44 @@ def test_warm_start_stops_at_the_first_check_reaching_its_validation_accuracy(sm
                     "warmstart.stop_floors.math_longer_validation=1.01")
     checks = json.loads((path / "metrics.json").read_text())["validation_checks"]
     assert [c["step"] for c in checks] == [6, 9]
-    assert all(set(c) == {"step", "seconds", "math_validation", "math_longer_validation", "unmet"} for c in checks)
+    assert all(set(c) == {"step", "seconds", "math_validation", "math_longer_validation", "unmet", "mix"} for c in checks)
     assert all(c["unmet"].startswith("math_longer_validation ") for c in checks)  # the check names what failed
     with pytest.raises(ValueError, match="not validation suites"):
         _warm(small_cfg, tmp_path, "warmstart.stop_accuracy=0.0", "+warmstart.stop_floors.math_longer=0.1")
     with pytest.raises(ValueError, match="validation suite"):
         _warm(small_cfg, tmp_path, "warmstart.stop_accuracy=0.3", "benchmark.options.sources=[basic_arithmetic]")
+
+
+def test_the_role_phase_runs_while_the_solver_holds_its_floors_and_gives_it_back_its_transcripts_after(
+        small_cfg, tmp_path, monkeypatch):
+    """`warmstart.role_mix` trains the steps after a check where the solver's floors held; after a check where
+    they did not, the steps train on `mix` again (without its own transcripts the solver drifts out of its
+    band: docs/learning_investigation.md, round 4). The checks' outcomes are scripted; the build is real."""
+    from alive_exp import readiness, warmstart
+
+    script = iter([True, False, True, True])
+    mixes = []
+
+    def scripted(self, step, score_all=False):
+        self.solver_holds = next(script)
+        return False, {"math_validation": 0.5 if self.solver_holds else 0.1}
+
+    real_set_mix = warmstart.Transcripts.set_mix
+
+    def recorded(self, mix):
+        mixes.append(dict(mix))
+        real_set_mix(self, mix)
+
+    monkeypatch.setattr(readiness.StoppingRule, "__call__", scripted)
+    monkeypatch.setattr(warmstart.Transcripts, "set_mix", recorded)
+    role_mix = "{constructor: 0.0, solver: 0.0, reviewer: 1.0, reviewer_blind: 0.0, refiner: 0.0, fcp_solver: 0.0}"
+    path, _ = _warm(small_cfg, tmp_path, "warmstart.steps=12", "warmstart.stop_accuracy=0.3", "warmstart.check_from=3",
+                    "warmstart.check_every=3", f"warmstart.role_mix={role_mix}")
+    checks = json.loads((path / "metrics.json").read_text())["validation_checks"]
+    assert [c["mix"] for c in checks] == ["roles", "all", "roles", "roles"]
+    main = mixes[0]  # the stream starts on `mix`
+    roles = {**{k: 0.0 for k in main}, "reviewer": 1.0}
+    assert main["solver"] > 0 and mixes[1:] == [roles, main, roles, roles]
 
 
 def test_solver_only_steps_write_no_reviews_and_train_no_reviewer(small_cfg):

@@ -118,7 +118,8 @@ class StoppingRule:
         w = cfg.warmstart
         self.cfg, self.gen, self.templates, self.domain = cfg, gen, templates, domain
         self.role_floors = check_floors(dict(w.role_floors or {}), w.max_missing_verdicts)
-        self.solver_held = False  # whether the solver's floors have held at some check (the role phase's start)
+        self.solver_held = False  # whether the solver's floors have held at some check
+        self.solver_holds = False  # whether they held at the latest check (the role phase runs while they do)
         if w.stop_accuracy is None:
             if w.stop_floors or self.role_floors or w.max_missing_verdicts is not None:
                 raise ValueError("warmstart.stop_floors, role_floors and max_missing_verdicts need "
@@ -155,7 +156,8 @@ class StoppingRule:
                 unmet.append(f"{k} {scores[k]:.3f} < {floor}")
                 if not score_all:
                     break
-        self.solver_held = self.solver_held or not unmet
+        self.solver_holds = not unmet
+        self.solver_held = self.solver_held or self.solver_holds
         if (score_all or not unmet) and (self.role_floors or w.max_missing_verdicts is not None or score_all):
             name = f"{self.cfg.benchmark.domain}_validation"
             ready = measure(self.gen, self.domain, self.templates, self.tasks[name],

@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 
 KINDS = ("constructor", "solver", "reviewer", "reviewer_blind", "refiner", "fcp_solver")
 JUDGED = ("reviewer", "reviewer_blind", "refiner", "fcp_solver")  # kinds whose transcript is about one solution
-TRANSCRIPTS_VERSION = 8  # bump when the oracle's transcripts or the loss change: cached warm starts are rebuilt
+TRANSCRIPTS_VERSION = 9  # bump when the oracle's transcripts or the loss change: cached warm starts are rebuilt
 
 
 def warmstart_options(cfg: DictConfig) -> dict:
@@ -269,7 +269,12 @@ def _train_warmstart(cfg: DictConfig, out: Path, progress: bool, curve: Callable
                     "lower warmstart.steps: the step count, not the clock, decides the weights.")
             if rule.enabled and step + 1 >= w.check_from and (step + 1) % w.check_every == 0:
                 stop, scores = rule(step + 1, score_all=curve is not None)  # generate restores the training mode
-                checks.append({"step": step + 1, "seconds": round(time.perf_counter() - start, 1), **scores})
+                # the transcripts the next steps train on: every role's (`mix`), or while the solver holds its
+                # floors the other roles' (`role_mix`); without its own transcripts the solver drifts, so once it
+                # falls out of its band it gets them back until it holds again
+                phase = "roles" if w.role_mix is not None and rule.solver_holds else "all"
+                checks.append({"step": step + 1, "seconds": round(time.perf_counter() - start, 1), **scores,
+                               "mix": phase})
                 log.info("warm start check at step %d: %s", step + 1,
                          ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k}: {v}" for k, v in scores.items()
                                    if k not in ("role/samples", "role/right_samples")))
@@ -277,8 +282,7 @@ def _train_warmstart(cfg: DictConfig, out: Path, progress: bool, curve: Callable
                     curve(checks[-1])
                 elif stop:
                     break
-                if rule.solver_held and w.role_mix is not None:  # the solver is in its band: the other roles catch up
-                    stream.set_mix(dict(w.role_mix))
+                stream.set_mix(dict(w.role_mix if phase == "roles" else w.mix))
         else:
             if rule.enabled and curve is None:
                 log.warning("warm start: not every floor held in %d steps (last check %s); it ran all of "
