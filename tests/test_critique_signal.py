@@ -85,6 +85,12 @@ def test_an_oracle_critique_over_the_reviewers_budget_is_cut_as_a_sample_would_b
     assert all(a.critique_completion.truncated and a.critique_completion.n_tokens == 6 for a in group)
     assert all(a.critique.verdict is None for a in group)  # the verdict line did not fit: no verdict, as sampled
     assert s.truncated["reviewer"] == [True, True]
+    # warm-up critiques are targets to learn: whole, whatever the budget (counted all the same)
+    warm = _step(small_cfg, "reward=judge", "trainer.warmup_steps=10", "trainer.generation.reviewer_tokens=6").step_impl
+    group = _attempts(warm, _column_task(warm), [RIGHT, DROPPED])
+    warm.review([group], step=5)
+    assert [a.critique.verdict for a in group] == [True, False] and not any(warm.truncated["reviewer"])
+    assert warm.tokens["reviewer"] == sum(a.critique_completion.n_tokens for a in group) > 12
 
 
 def test_credit_where_the_critique_points(small_cfg):

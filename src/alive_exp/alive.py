@@ -179,11 +179,15 @@ class AliveStep:
             a.blind_prompt = self.templates.render("reviewer_blind", task=a.task.prompt, solution=a.completion.text)
         requests = [(a, False) for a in flat] + [(a, True) for a in blind]
         prompts = [a.blind_prompt if b else a.critique_prompt for a, b in requests]
-        warmup = step < self.tr.warmup_steps or self.cfg.critic.writer == "oracle"
-        if warmup:  # the oracle writes them, under the reviewer's prompts and budget, counted as its tokens
+        arm = self.cfg.critic.writer == "oracle"  # the oracle-guided arm: every step, as a self-critic would
+        warmup = step < self.tr.warmup_steps or arm
+        if warmup:  # the oracle writes them under the reviewer's prompts, counted as its tokens; in the arm they
+            # are the critiques the step acts on, so they keep the reviewer's budget too (warm-up critiques are
+            # targets to learn, whole)
             written = self.oracle.critique([CritiqueRequest(a.task, a.completion.text, p, b)
                                             for (a, b), p in zip(requests, prompts)])
-            completions = [self.gen.written(p, c.text, self.gcfg.reviewer_tokens) for p, c in zip(prompts, written)]
+            budget = self.gcfg.reviewer_tokens if arm else None
+            completions = [self.gen.written(p, c.text, budget) for p, c in zip(prompts, written)]
             self._count("reviewer", completions)
             critiques = [c if not comp.truncated else parse_critique(comp.text) for c, comp in zip(written, completions)]
         else:

@@ -173,11 +173,11 @@ class Generator:
         stops on."""
         return self.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.turn_end]
 
-    def written(self, prompt: str, text: str, max_new_tokens: int) -> Completion:
-        """A completion someone else wrote (the oracle's critique), held to the budget a sampled one has: cut
-        at `max_new_tokens` tokens, as `generate` would have cut it, and counted like one."""
+    def written(self, prompt: str, text: str, max_new_tokens: int | None = None) -> Completion:
+        """A completion someone else wrote (the oracle's critique), as the sampler would have returned it; with
+        `max_new_tokens`, held to the budget a sampled one has: cut there, as `generate` would have cut it."""
         ids = self.encode_completion(text)
-        truncated = len(ids) > max_new_tokens
+        truncated = max_new_tokens is not None and len(ids) > max_new_tokens
         if truncated:
             ids = ids[:max_new_tokens]
             text = self.tokenizer.decode(ids, skip_special_tokens=True)
