@@ -289,8 +289,7 @@ class AliveModule(pl.LightningModule):
         # groups with no right solution (no outcome signal at all), and those a right revision rescued
         all_wrong = [g for g in attempts if not any(a.correct for a in g)]
         m["solver/all_wrong_groups"] = len(all_wrong) / len(attempts) if attempts else 0.0
-        m["solver/rescued_groups"] = float(sum(any(a.revision_correct for a in g if a.revision is not None)
-                                               for g in all_wrong))
+        m["solver/rescued_groups"] = float(sum(any(a.revision_correct for a in g) for g in all_wrong))
         m["solver/refined_in_group"] = float(sum(1 for s in samples["solver"] if s.kind == "refined"))
         reviewed = [a for a in flat if a.critique is not None]  # all of them, unless trainer.reviews=false
         # the rewards the reviewer was trained on (class-weighted, instructive bonus included); 0 in warm-up

@@ -118,8 +118,7 @@ class StoppingRule:
         w = cfg.warmstart
         self.cfg, self.gen, self.templates, self.domain = cfg, gen, templates, domain
         self.role_floors = check_floors(dict(w.role_floors or {}), w.max_missing_verdicts)
-        self.solver_held = False  # whether the solver's floors have held at some check
-        self.solver_holds = False  # whether they held at the latest check (the role phase runs while they do)
+        self.solver_holds = False  # the solver's floors held at the latest check (the role phase runs while so)
         if w.stop_accuracy is None:
             if w.stop_floors or self.role_floors or w.max_missing_verdicts is not None:
                 raise ValueError("warmstart.stop_floors, role_floors and max_missing_verdicts need "
@@ -157,7 +156,6 @@ class StoppingRule:
                 if not score_all:
                     break
         self.solver_holds = not unmet
-        self.solver_held = self.solver_held or self.solver_holds
         if (score_all or not unmet) and (self.role_floors or w.max_missing_verdicts is not None or score_all):
             name = f"{self.cfg.benchmark.domain}_validation"
             ready = measure(self.gen, self.domain, self.templates, self.tasks[name],

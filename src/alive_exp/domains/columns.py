@@ -202,7 +202,8 @@ def error_line(task_prompt: str, completion: str, critique: str) -> int | None:
     `critique_text` name it: "<Place> column: ..." or "<Place> column skipped" (that column's line, or the
     answer line when the working stops before it), "the answer line", "more lines than ... columns" (the
     first extra line). None when it names no line the completion has (e.g. "No 'Answer:' line")."""
-    if parse_question(task_prompt) is None:
+    q = parse_question(task_prompt)
+    if q is None:
         return None
     given = [ln for ln in task_prompt.splitlines()[1:] if "[MASK]" not in ln]
     body, answer_at, at = [], None, 0
@@ -219,7 +220,6 @@ def error_line(task_prompt: str, completion: str, critique: str) -> int | None:
     if "the answer line" in critique:
         return answer_at
     if "more lines than" in critique:
-        q = parse_question(task_prompt)
         j = len(columns(*q)) - len(given)
         return body[j] if 0 <= j < len(body) else None
     return None
