@@ -118,7 +118,7 @@ class StoppingRule:
         w = cfg.warmstart
         self.cfg, self.gen, self.templates, self.domain = cfg, gen, templates, domain
         self.role_floors = check_floors(dict(w.role_floors or {}), w.max_missing_verdicts)
-        self.solver_holds = False  # the solver's floors held at the latest check (the role phase runs while so)
+        self.solver_holds = False  # the solver's floors held at the latest check (the role phase runs while they do)
         if w.stop_accuracy is None:
             if w.stop_floors or self.role_floors or w.max_missing_verdicts is not None:
                 raise ValueError("warmstart.stop_floors, role_floors and max_missing_verdicts need "
