@@ -81,7 +81,7 @@ class AliveStep:
         self.cfg, self.domain, self.gen, self.templates = cfg, domain, generator, templates
         self.mode, self.oracle, self.use_adapter = reward_mode, oracle, use_adapter
         self.tr, self.gcfg, self.rcfg = cfg.trainer, cfg.trainer.generation, cfg.reward
-        self.tokens = {"constructor": 0, "solver": 0, "reviewer": 0, "refine": 0}
+        self.tokens = {"constructor": 0, "solver": 0, "reviewer": 0, "refine": 0, "probe": 0}
         # per kind of generation this step: each completion's length and whether it hit its token limit
         self.lengths: dict[str, list[int]] = {k: [] for k in self.tokens}
         self.truncated: dict[str, list[bool]] = {k: [] for k in self.tokens}
@@ -148,6 +148,39 @@ class AliveStep:
             for p in proposals:
                 p.cut = p.task is not None and p.task.id not in ids
         return proposals, kept
+
+    def probe(self, docs: list[Document], attempts: list[list[Attempt]], step: int) -> list[tuple[float, float]]:
+        """What uniform posing would have given on the same pages: on a seeded share (`trainer.uniform_probe_share`)
+        of the step's documents whose posed task was solved, the rule masker poses one task uniformly and the
+        solver samples N solutions of it (metrics only, counted as `tokens/probe`, never trained on). Returns per
+        probed document (learnability of the task(s) posed there, learnability of the uniform one). Learned
+        constructor only: the rule masker's tasks are the uniform ones."""
+        share = float(self.tr.uniform_probe_share)
+        if self.tr.constructor != "learned" or share <= 0:
+            return []
+        posed: dict[str, list[float]] = {}
+        for g in attempts:
+            posed.setdefault(g[0].task.doc_id, []).append(learnability(sum(a.correct for a in g) / len(g)))
+        rng = random.Random(phase_seed(self.cfg.seed, step, "uniform-probe"))
+        candidates = [d for d in docs if d.id in posed and len(self.domain.candidate_spans(d)) > 1]
+        chosen = rng.sample(candidates, min(len(candidates), max(1, round(share * len(docs)))))
+        tasks: list[tuple[str, Task]] = []
+        for doc in chosen:
+            for span in self.domain.propose_spans(doc, 1, rng):
+                check = self.domain.check_span(doc, span, self.tr.span_min_chars, self.tr.span_max_chars)
+                if check.valid:
+                    tasks.append((doc.id, self.domain.make_task(doc, check.start, check.end)))
+        if not tasks:
+            return []
+        n = self.tr.solutions_per_task
+        groups = self._sample("solver", [self.mode.solver_prompt(t) for _, t in tasks], n, self.gcfg.solver_tokens,
+                              step, "uniform-probe", count_as="probe")
+        scores = iter(self.domain.score_many([c.text for g in groups for c in g], [t for _, t in tasks for _ in range(n)]))
+        out = []
+        for (doc_id, _), g in zip(tasks, groups):
+            rate = sum(next(scores)[0] for _ in g) / len(g)
+            out.append((sum(posed[doc_id]) / len(posed[doc_id]), learnability(rate)))
+        return out
 
     # 2. solve --------------------------------------------------------------------------------------
     def solve(self, tasks: list[Task], step: int) -> list[list[Attempt]]:

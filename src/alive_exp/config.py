@@ -151,6 +151,9 @@ class TrainerConfig:
     constructor: Constructor = Constructor.learned
     span_min_chars: int = 1
     span_max_chars: int = 40
+    # share of a step's documents on which a uniformly posed task is also solved (metrics only, never trained on):
+    # what the learned constructor's choice is worth against uniform posing on the same pages
+    uniform_probe_share: float = 0.125
     blind_review_share: float = 0.0
     reviews: bool = True  # false: solver-only steps (no review phase, no reviewer training; scalar and sft)
     warmup_steps: int = 0  # oracle writes critiques for the first warmup_steps

@@ -49,6 +49,41 @@ def solve_rate_histogram(rates: Sequence[float]) -> dict[str, float]:
     return {k: v / total for k, v in counts.items()}
 
 
+def constructor_choice(domain, proposals, attempts, probed: Sequence[tuple[float, float]]) -> dict[str, float]:
+    """What the constructor chose this step, against what uniform posing would have chosen on the same documents.
+
+    `posed_<d>` is the mean difficulty measure d (`task.meta["difficulty"]`: for column problems digits and
+    carries) of the tasks solved this step, `uniform_<d>` its expectation under uniform posing over the same
+    documents' candidate spans (free: no solving). `posed_learnability` is the mean learnability of the solved
+    tasks (1 at solve rate 0.5, 0 at 0 or 1). From the uniform probe (`AliveStep.probe`), on the probed documents:
+    `uniform_learnability`, `probed_posed_learnability` and their paired difference `learnability_gain`.
+    """
+    from alive_exp.rewards import learnability
+
+    m: dict[str, float] = {}
+    posed = [g[0].task for g in attempts]
+    m["constructor/posed_learnability"] = mean([learnability(sum(a.correct for a in g) / len(g)) for g in attempts])
+    keys = sorted({k for t in posed for k in t.meta.get("difficulty", {})})
+    if keys:
+        docs = list({p.doc.id: p.doc for p in proposals}.values())
+        uniform: dict[str, list[float]] = {k: [] for k in keys}
+        for doc in docs:
+            tasks = [domain.make_task(doc, s, e) for s, e in domain.candidate_spans(doc)]
+            for k in keys:
+                values = [t.meta["difficulty"][k] for t in tasks if k in t.meta.get("difficulty", {})]
+                if values:
+                    uniform[k].append(mean(values))
+        for k in keys:
+            m[f"constructor/posed_{k}"] = mean([t.meta["difficulty"][k] for t in posed if k in t.meta.get("difficulty", {})])
+            m[f"constructor/uniform_{k}"] = mean(uniform[k])
+    if probed:
+        m["constructor/probed_pages"] = float(len(probed))
+        m["constructor/probed_posed_learnability"] = mean([p for p, _ in probed])
+        m["constructor/uniform_learnability"] = mean([u for _, u in probed])
+        m["constructor/learnability_gain"] = mean([p - u for p, u in probed])
+    return m
+
+
 def self_correction(t1: Sequence[bool], t2: Sequence[bool]) -> dict[str, float]:
     """SCoRe's metrics over paired attempts: Acc@t1, Acc@t2, delta, delta(i->c), delta(c->i)."""
     n = len(t1)

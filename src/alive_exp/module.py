@@ -110,6 +110,8 @@ class AliveModule(pl.LightningModule):
             proposals, tasks = s.construct(docs, step)
         with self.timer("solve"):
             attempts = s.solve(tasks, step)
+        with self.timer("probe"):
+            probed = s.probe(docs, attempts, step)
         with self.timer("review"):
             warmup = s.review(attempts, step)
         with self.timer("refine"):
@@ -120,6 +122,7 @@ class AliveModule(pl.LightningModule):
             losses = self.learn(samples)
         self.timer.profile_to = None
         metrics = self.step_metrics(proposals, attempts, samples, losses, warmup)
+        metrics.update(M.constructor_choice(self.domain, proposals, attempts, probed))
         seconds = self.timer.pop()
         metrics["time/step"] = time.perf_counter() - t0
         metrics.update({f"time/{k}": v for k, v in seconds.items()})

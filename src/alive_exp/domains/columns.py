@@ -77,6 +77,34 @@ def document_text(a: int, op: str, b: int) -> str:
     return "\n".join([f"Question: {a} {op} {b}", *(c.line(op) for c in cols), f"Answer: {answer(a, op, b)}"])
 
 
+def difficulty(a: int, op: str, b: int) -> dict[str, int]:
+    """How hard a problem is: the longer operand's digits and how many columns carry (or borrow)."""
+    return {"digits": max(len(str(a)), len(str(b))), "carries": sum(c.flag for c in columns(a, op, b))}
+
+
+def page(rng: random.Random, size: int, ops: list[str], digits: tuple[int, int]) -> list[tuple[int, str, int]]:
+    """`size` training problems for one page of raw text, operations and operand lengths mixed, no two with the
+    same question or the same answer: a problem the constructor hides is never given away by another one."""
+    out: list[tuple[int, str, int]] = []
+    questions, answers = set(), set()
+    while len(out) < size:
+        op = rng.choice(ops)
+        a, b = problems(rng, 1, op, digits, "train")[0]
+        if (a, op, b) in questions or answer(a, op, b) in answers:
+            continue
+        questions.add((a, op, b))
+        answers.add(answer(a, op, b))
+        out.append((a, op, b))
+    return out
+
+
+PAGE_BREAK = "\n\n"  # between the problems of a page
+
+
+def page_text(problems_on_page: list[tuple[int, str, int]]) -> str:
+    return PAGE_BREAK.join(document_text(a, op, b) for a, op, b in problems_on_page)
+
+
 def bucket(a: int, op: str, b: int) -> int:
     """A fixed hash bucket 0-99 per problem: the held-out and validation splits never move with the seed."""
     return hash_bucket(f"{a}{op}{b}")

@@ -18,6 +18,7 @@ import logging
 import operator
 import re
 from collections.abc import Callable
+from dataclasses import replace
 from functools import lru_cache
 from typing import Any
 
@@ -110,8 +111,9 @@ class MathDomain(Domain):
             allow_parentheses=False, allow_negation=False,
         ),
         "gsm_symbolic": {},
-        # ours: one line per column; digits = [min, max] per operand; operations trained (add, sub)
-        "column_arithmetic": dict(digits=[2, 3], operations=["add"]),
+        # ours: one line per column; digits = [min, max] per operand; operations trained (add, sub); per_page =
+        # [min, max] problems per training document (a page of raw text; [1, 1]: one problem a document)
+        "column_arithmetic": dict(digits=[2, 3], operations=["add"], per_page=[1, 1]),
         # a raw corpus through `datasets` (the paper's Big-Math, WebInstruct): each row becomes a document by
         # `template` (its fields are the row's columns); a problem is held out iff its text hashes into
         # heldout_share, so held-out problems are the same for every seed
@@ -138,16 +140,30 @@ class MathDomain(Domain):
 
     def _column_options(self) -> dict[str, Any]:
         opts = dict(self.source_options["column_arithmetic"])
-        unknown = set(opts) - {"digits", "operations"}
+        unknown = set(opts) - {"digits", "operations", "per_page"}
         if unknown:
             raise ValueError(f"unknown column_arithmetic option(s) {sorted(unknown)} in "
-                             "benchmark.options.source_options.column_arithmetic; known: digits, operations")
-        digits, ops = list(opts["digits"]), list(opts["operations"])
+                             "benchmark.options.source_options.column_arithmetic; known: digits, operations, per_page")
+        digits, ops, per_page = list(opts["digits"]), list(opts["operations"]), list(opts["per_page"])
+        if len(per_page) != 2 or not 1 <= per_page[0] <= per_page[1] <= 16:
+            raise ValueError(f"column_arithmetic.per_page must be [min, max] with 1 <= min <= max <= 16, got {per_page}")
         if len(digits) != 2 or not 1 <= digits[0] <= digits[1] <= 6:
             raise ValueError(f"column_arithmetic.digits must be [min, max] with 1 <= min <= max <= 6, got {digits}")
         if not ops or set(ops) - set(col.OPERATIONS):
             raise ValueError(f"column_arithmetic.operations must be a non-empty subset of {list(col.OPERATIONS)}, got {ops}")
-        return {"digits": (int(digits[0]), int(digits[1])), "operations": [col.OPERATIONS[o] for o in ops]}
+        return {"digits": (int(digits[0]), int(digits[1])), "operations": [col.OPERATIONS[o] for o in ops],
+                "per_page": (int(per_page[0]), int(per_page[1]))}
+
+    def _pages(self, n: int, seed: int) -> list[Document]:
+        """n training pages of `per_page` problems each (raw text holds many problems): the constructor's choice of
+        span is a choice of which problem to pose. Drawn from the training buckets only, like single problems."""
+        import random
+
+        lo, hi = self.columns["per_page"]
+        ops, digits = self.columns["operations"], self.columns["digits"]
+        rng = random.Random(f"pages-{seed}-{''.join(ops)}-{digits}-{lo}-{hi}")
+        return [Document(id=f"columns-page-{seed}-{i}", text=col.page_text(col.page(rng, rng.randint(lo, hi), ops, digits)),
+                         domain=self.name, meta={"source": "column_arithmetic"}) for i in range(n)]
 
     def _columns(self, n: int, seed: int, split: str, ops=None, digits=None, longest=None) -> list[Document]:
         """Column-arithmetic documents of one split (train | heldout | validation); operations alternate."""
@@ -202,7 +218,9 @@ class MathDomain(Domain):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
         docs: list[Document] = []
         for source, n in zip(self.sources, _shares(size, len(self.sources))):
-            if source == "column_arithmetic":  # a hash split: held-out problems are the same for every seed
+            if source == "column_arithmetic" and split == "train" and self.columns["per_page"] != (1, 1):
+                docs += self._pages(n, seed)
+            elif source == "column_arithmetic":  # a hash split: held-out problems are the same for every seed
                 docs += self._columns(n, seed if split == "train" else 0, "train" if split == "train" else "heldout")
             elif source == "hub_corpus":
                 docs += hub.corpus_documents(self.source_options["hub_corpus"], set(self.SOURCE_DEFAULTS["hub_corpus"]),
@@ -228,11 +246,39 @@ class MathDomain(Domain):
         return kept
 
     # -- constructor ----------------------------------------------------------------------------
+    # A page (training documents with column_arithmetic.per_page) is problems separated by a blank line; every
+    # span lies in one problem, and the task it makes is that problem's, as if the problem stood alone.
+    @staticmethod
+    def _problems(text: str) -> list[tuple[int, int]]:
+        """(start, end) of each problem of a document: one, or those of a page of column problems (other documents,
+        a hub corpus's with paragraphs included, are one problem whatever blank lines they hold)."""
+        if col.PAGE_BREAK not in text or col.parse_question(text) is None:
+            return [(0, len(text))]
+        out, start = [], 0
+        while True:
+            end = text.find(col.PAGE_BREAK, start)
+            if end < 0:
+                return out + [(start, len(text))]
+            out.append((start, end))
+            start = end + len(col.PAGE_BREAK)
+
+    def _problem_at(self, doc: Document, pos: int) -> tuple[int, Document]:
+        """The problem of a page that holds position pos, as a document of its own, and where it starts."""
+        problems = self._problems(doc.text)
+        if len(problems) == 1:
+            return 0, doc
+        s, e = next(((s, e) for s, e in problems if s <= pos <= e), (0, len(doc.text)))
+        return s, Document(id=doc.id, text=doc.text[s:e], domain=doc.domain, meta=doc.meta)
+
     def candidate_spans(self, doc: Document) -> list[tuple[int, int]]:
-        """Results of working steps and the final answer (last); never numbers in the question."""
+        """Results of working steps and the final answer (last); never numbers in the question. On a page, those
+        of every problem, in page order."""
+        return [(s + a, s + b) for s, e in self._problems(doc.text) for a, b in self._spans(doc.text[s:e])]
+
+    def _spans(self, text: str) -> list[tuple[int, int]]:
         spans = []
         offset = 0
-        for i, line in enumerate(doc.text.splitlines(keepends=True)):
+        for i, line in enumerate(text.splitlines(keepends=True)):
             if i > 0:
                 if line.startswith(self.answer_prefix):
                     a = offset + len(self.answer_prefix) + 1
@@ -245,7 +291,7 @@ class MathDomain(Domain):
                     spans += [(offset + c.start(), offset + c.end()) for c in _CARRY.finditer(line)]
             offset += len(line)
         if self.hide == "answer":
-            return [sp for sp in spans if self._on_answer_line(doc.text, sp[0])]
+            return [sp for sp in spans if self._on_answer_line(text, sp[0])]
         return spans
 
     def _on_answer_line(self, text: str, pos: int) -> bool:
@@ -253,10 +299,10 @@ class MathDomain(Domain):
 
     def locate_span(self, doc: Document, span: str) -> int:
         # with hide=answer a value that also ends the working means the answer line: its last occurrence
-        if self.hide == "answer":
+        if self.hide == "answer" and len(self._problems(doc.text)) == 1:
             return doc.text.rfind(span)
-        if self._is_columns(doc.text):  # the first occurrence that is a value the working computes
-            starts = sorted(s for s, e in self.candidate_spans(doc) if doc.text[s:e] == span)
+        if self._is_columns(doc.text):  # the first occurrence that is a value the working computes (a page's answers
+            starts = sorted(s for s, e in self.candidate_spans(doc) if doc.text[s:e] == span)  # are distinct)
             return starts[0] if starts else doc.text.find(span)
         return doc.text.find(span)
 
@@ -265,17 +311,30 @@ class MathDomain(Domain):
         return col.parse_question(text) is not None
 
     def unsolvable_reason(self, doc: Document, start: int, end: int) -> str:
-        if "\n" not in doc.text[:start]:
+        offset, one = self._problem_at(doc, start)
+        if end - offset > len(one.text):
+            return "span runs across two problems of the page"
+        start, end = start - offset, end - offset
+        if "\n" not in one.text[:start]:
             return "span lies in the question"
-        if self._is_columns(doc.text) and (start, end) not in self.candidate_spans(doc):
+        if self._is_columns(one.text) and (start, end) not in self.candidate_spans(one):
             return "span is not a column total, a carry mark or the answer"
-        if not any(ch.isdigit() for ch in doc.text[start:end]):
+        if not any(ch.isdigit() for ch in one.text[start:end]):
             return "span holds no number to compute"
-        if self.hide == "answer" and not self._on_answer_line(doc.text, start):
+        if self.hide == "answer" and not self._on_answer_line(one.text, start):
             return "only the final answer may be hidden (benchmark.options.hide=answer)"
         return ""
 
     def make_task(self, doc: Document, start: int, end: int) -> Task:
+        """The task hiding doc.text[start:end]: the problem that holds it, as if it stood alone (a page's other
+        problems are other tasks, not context this one needs; evaluation's problems stand alone too)."""
+        offset, one = self._problem_at(doc, start)
+        task = self._problem_task(one, start - offset, end - offset)
+        if one is doc:
+            return task
+        return replace(task, id=f"{doc.id}@{start}", meta={**task.meta, "page_problems": len(self._problems(doc.text))})
+
+    def _problem_task(self, doc: Document, start: int, end: int) -> Task:
         text = doc.text
         line_start = text.rfind("\n", 0, start) + 1
         reference = text[start:end].strip()
@@ -289,10 +348,11 @@ class MathDomain(Domain):
             prompt = text[:start] + MASK + text[end:line_end]
             step = text[line_start:line_end]
             solution = f"{step}\n{self.answer_prefix} {reference}"
-        return Task(
-            id=f"{doc.id}@{start}", domain=self.name, prompt=prompt, reference=reference, doc_id=doc.id,
-            meta={"solution": solution, "kind": self.span_kind(text, start)},
-        )
+        meta = {"solution": solution, "kind": self.span_kind(text, start)}
+        parsed = col.parse_question(text)
+        if parsed is not None:  # what the constructor's choice is measured by (constructor/posed_*)
+            meta["difficulty"] = col.difficulty(*parsed)
+        return Task(id=f"{doc.id}@{start}", domain=self.name, prompt=prompt, reference=reference, doc_id=doc.id, meta=meta)
 
     def span_kind(self, text: str, start: int) -> str:
         """whole (the answer: a whole problem) | carry (a carry or borrow mark) | column (a column total) | step."""
