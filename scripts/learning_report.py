@@ -22,7 +22,9 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -32,6 +34,23 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 COMPARISONS = [("verbal", "scalar"), ("verbal", "sft"), ("scalar", "sft"), ("verbal", "judge")]
+
+
+@dataclass
+class Study:
+    """A grid of arms x seeds, each arm against its seed's warm start, written as one report (this script's
+    default: the learning study; scripts/constructor_report.py the constructor ablation)."""
+
+    name: str = "learning_report"
+    sweep: Path = REPO / "sweeps" / "learning.yaml"
+    out: Path = REPO / "docs" / "learning_report.md"
+    comparisons: Sequence[tuple[str, str]] = tuple(COMPARISONS)
+    curves: Sequence[str] | None = None  # metrics plotted over the steps (default: alive_exp.study.CURVES)
+    prefix: str = "learning"  # <prefix>_curves.png, <prefix>_accuracy.png
+    title: str | None = None
+    preface: str = ""
+    lr_arm: Callable[[str], str] = field(default=lambda arm: arm)  # whose learning rate in lr_choice.json an arm uses
+    lr_choice: Path | str = REPO / "docs" / "lr_choice.json"  # "none": every arm the experiment's rates
 
 
 def sweep_grid(path: Path) -> tuple[list[str], list[int], list[str]]:
@@ -50,7 +69,7 @@ def overrides_for(arm: str, seed: int, args, lr: float | None) -> list[str]:
            f"benchmark.eval_size={args.eval_size}",
            f"trainer.max_steps={0 if arm == 'warm_start' else args.steps}", "trainer.progress_bar=false",
            "trainer.checkpoint_every=0", f"paths.data_dir={args.data}", f"logger.tracking_uri={store(args, arm, seed)}",
-           f"hardware.torch_threads={args.threads}", "+logger.tags.study=learning_report", f"+logger.tags.arm={arm}",
+           f"hardware.torch_threads={args.threads}", f"+logger.tags.study={args.study}", f"+logger.tags.arm={arm}",
            *args.fixed, *args.overrides]
     if lr is not None:
         out.append(f"trainer.optim.solver.lr={lr}")
@@ -70,22 +89,24 @@ def train_and_eval(arm: str, seed: int, args, lr: float | None) -> str:
     return run(compose([*overrides_for(arm, seed, args, lr), f"paths.root_dir={root}"]))["mlflow_run_id"]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sweep", type=Path, default=REPO / "sweeps" / "learning.yaml")
+def main(spec: Study | None = None, doc: str | None = None) -> None:
+    spec = spec or Study()
+    ap = argparse.ArgumentParser(description=doc or __doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sweep", type=Path, default=spec.sweep)
     ap.add_argument("--seeds", type=int, nargs="+", help="default: the sweep's")
     ap.add_argument("--arms", nargs="+", help="arms, options of conf/arm/ (default: the sweep's)")
     ap.add_argument("--steps", type=int, help="ALIVE steps per run (default: the experiment's)")
     ap.add_argument("--eval-size", type=int, default=200)
-    ap.add_argument("--lr-choice", type=Path, default=REPO / "docs" / "lr_choice.json",
+    ap.add_argument("--lr-choice", type=Path, default=Path(spec.lr_choice),
                     help="per-arm solver learning rates from scripts/choose_lr.py ('none': the experiment's)")
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
-    ap.add_argument("--out", type=Path, default=REPO / "docs" / "learning_report.md")
-    ap.add_argument("--work", type=Path, default=REPO / "outputs" / "learning_report")
+    ap.add_argument("--out", type=Path, default=spec.out)
+    ap.add_argument("--work", type=Path, default=REPO / "outputs" / spec.name)
     ap.add_argument("--data", type=Path, default=REPO / "data")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = ap.parse_args()
+    args.study = spec.name
     modes, seeds, args.fixed = sweep_grid(args.sweep)
     arms, seeds = args.arms or modes, args.seeds or seeds
     args.work.mkdir(parents=True, exist_ok=True)
@@ -103,14 +124,15 @@ def main() -> None:
     # warm starts first (each seed's is built by its first job, under a file lock), then the arms seed by seed
     jobs = [(study.BASELINE, s) for s in seeds] + [(a, s) for s in seeds for a in arms]
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
-        futures = {job: pool.submit(train_and_eval, *job, args, lrs.get(job[0])) for job in jobs}
+        futures = {job: pool.submit(train_and_eval, *job, args, lrs.get(spec.lr_arm(job[0]))) for job in jobs}
         runs = []
         for (arm, seed), fut in futures.items():
             runs.append(study.StudyRun(arm, seed, store(args, arm, seed), fut.result()))
             print(f"done: {arm} seed {seed} ({(time.perf_counter() - start) / 60:.1f} min)", flush=True)
     suites = list(cfg.benchmark.eval_suites)
-    data = study.collect(runs, suites)
-    command = " ".join(["python scripts/learning_report.py", *sys.argv[1:]])
+    curves = tuple(spec.curves or study.CURVES)
+    data = study.collect(runs, suites, curves)
+    command = " ".join([f"python scripts/{spec.name}.py", *sys.argv[1:]])
     meta = {"command": command, "minutes": (time.perf_counter() - start) / 60, "steps": args.steps,
             "eval_size": args.eval_size, "warmstart_steps": (
                 f"at most {cfg.warmstart.steps} likelihood steps, stopping where validation accuracy reaches "
@@ -118,9 +140,10 @@ def main() -> None:
                 if cfg.warmstart.stop_accuracy is not None
                 else f"{cfg.warmstart.steps} likelihood steps"), "learning_rates": lrs,
             "eval_temperature": float(cfg.trainer.generation.eval_temperature),
+            **({"title": spec.title} if spec.title else {}), "preface": spec.preface,
             "machine": f"{os.cpu_count()} cores ({platform.machine()}), {args.jobs} runs at a time, "
                        f"{args.threads} torch thread each"}
-    summary = study.write(data, COMPARISONS, meta, args.out)
+    summary = study.write(data, spec.comparisons, meta, args.out, curves, spec.prefix)
     print(args.out.read_text())
     print(json.dumps(summary["gains"], default=str)[:2000])
 

@@ -19,7 +19,7 @@ from alive_exp.roles import ROLES
 from alive_exp.rollout import Completion
 from alive_exp.train import build, run
 
-PHASES = ["construct", "solve", "review", "refine", "update"]
+PHASES = ["construct", "solve", "probe", "review", "refine", "update"]
 
 
 def lora(module, role, kind="lora_B"):

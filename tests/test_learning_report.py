@@ -60,3 +60,38 @@ def test_grpo_reference_trains_from_the_warm_start_and_evaluates(tmp_path):
     assert [r["step"] for r in out["evals"]] == [0, 1, 2]
     assert all(0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["sampled_accuracy"] <= 1.0 for r in out["evals"])
     assert (tmp_path / "data" / "warmstart").is_dir() and out["warm_start"].startswith(str(tmp_path / "data"))
+
+
+@pytest.mark.slow
+def test_constructor_report_sets_learned_against_uniform_posing_from_the_stores(tmp_path):
+    """scripts/constructor_report.py: the same machinery, its own grid (sweeps/constructor.yaml), the difference
+    learned - uniform paired by seed, and what was posed over the steps read back from each run's store."""
+    out = tmp_path / "constructor.md"
+    small = ["warmstart.enabled=false", "benchmark.train_docs=200", "trainer.docs_per_step=4",
+             "trainer.max_tasks_per_step=4", "trainer.solutions_per_task=2", "trainer.generation.solver_tokens=16",
+             "trainer.generation.reviewer_tokens=16", "trainer.generation.constructor_tokens=8"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.run(
+        [sys.executable, "scripts/constructor_report.py", "--seeds", "0", "1", "--arms", "scalar", "scalar_uniform",
+         "--steps", "2", "--eval-size", "4", "--jobs", "2", "--out", str(out), "--work", str(tmp_path / "work"),
+         "--data", str(tmp_path / "data"), *small],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = out.read_text()
+    assert text.startswith("# Does the constructor's choice matter?")
+    assert "**scalar - scalar_uniform** on `math_heldout`" in text and "python scripts/constructor_report.py" in text
+    assert (tmp_path / "constructor_curves.png").stat().st_size > 1000
+    report = json.loads(out.with_suffix(".json").read_text())
+    runs = {(r["arm"], r["seed"]): r for r in report["data"]["runs"]}
+    for seed in (0, 1):
+        for arm, constructor in (("scalar", "learned"), ("scalar_uniform", "rule")):
+            row = runs[(arm, seed)]
+            client = MlflowClient(row["tracking_uri"])
+            assert client.get_run(row["run_id"]).data.params["trainer.constructor"] == constructor
+            posed = [m.value for m in client.get_metric_history(row["run_id"], "constructor/posed_carries")]
+            assert [v for _, v in row["curves"]["constructor/posed_carries"]] == posed and len(posed) == 2
+    diff = report["summary"]["differences"]["scalar - scalar_uniform"]["math_heldout/accuracy"]
+    want = [runs[("scalar", s)]["final"]["math_heldout/accuracy"] - runs[("scalar_uniform", s)]["final"]["math_heldout/accuracy"]
+            for s in (0, 1)]
+    assert diff["values"] == pytest.approx(want)

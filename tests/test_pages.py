@@ -140,3 +140,20 @@ def test_the_uniform_probe_solves_a_uniformly_posed_task_on_a_share_of_the_pages
     assert rule.probe(docs, attempts, 0) == []
     off = build(small_cfg(*opts, "trainer.uniform_probe_share=0"), evaluate=False).step_impl
     assert off.probe(docs, attempts, 0) == []
+
+
+def test_a_page_long_transcript_gets_its_own_micro_batch():
+    """Warm-start micro-batches hold at most `chunk` sequences and `token_budget` padded tokens: the few constructor
+    transcripts that hold a page never pad the short ones to their length; every sequence is in one micro-batch."""
+    from alive_exp.warmstart import micro_batches
+
+    lengths = [40 + i % 20 for i in range(61)] + [350, 380, 900]
+    batches = micro_batches(lengths, chunk=16, token_budget=2048)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert all(len(b) <= 16 and (len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 2048) for b in batches)
+    short = [b for b in batches if any(lengths[i] < 100 for i in b)]
+    assert all(max(lengths[i] for i in b) < 100 for b in short) and len(short) == 4
+    assert [900] in [[lengths[i] for i in b] for b in batches]
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    by_count = sum(len(c) * max(c) for c in (sorted(lengths)[k:k + 16] for k in range(0, len(lengths), 16)))
+    assert padded < 0.7 * by_count

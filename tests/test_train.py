@@ -147,7 +147,7 @@ def test_profile_switch_writes_operator_tables_per_phase_and_times_each_role(sma
     client, r = only_run(cfg.paths.root_dir)
     tables = {a.path for a in client.list_artifacts(r.info.run_id, "profile")}
     # step 0 (first generate at each shape) is never profiled; step 1 is, one table per phase
-    assert tables == {f"profile/step1_{p}.txt" for p in ("construct", "solve", "review", "refine", "samples", "update")}
+    assert tables == {f"profile/step1_{p}.txt" for p in ("construct", "solve", "probe", "review", "refine", "samples", "update")}
     text = open(client.download_artifacts(r.info.run_id, "profile/step1_solve.txt", cfg.paths.root_dir)).read()
     assert "aten::" in text and "Self CPU" in text, text
     for key in ("time/samples", "time/update", "time/update/solver", "time/update/reviewer", "time/solve_share"):
@@ -155,9 +155,9 @@ def test_profile_switch_writes_operator_tables_per_phase_and_times_each_role(sma
     # (the last step is not profiled: a profiled step also pays for writing its tables)
     # the roles' update times are parts of the update phase, and phases are parts of the step
     assert final["time/update/solver"] + final["time/update/reviewer"] <= final["time/update"] + 1e-6
-    shares = sum(final[f"time/{p}_share"] for p in ("construct", "solve", "review", "refine", "samples", "update"))
+    shares = sum(final[f"time/{p}_share"] for p in ("construct", "solve", "probe", "review", "refine", "samples", "update"))
     assert 0.5 < shares <= 1.0 + 1e-6
-    tokens = sum(final[f"tokens/{r}_share"] for r in ("constructor", "solver", "reviewer", "refine"))
+    tokens = sum(final[f"tokens/{r}_share"] for r in ("constructor", "solver", "reviewer", "refine", "probe"))
     assert abs(tokens - 1.0) < 1e-6 and final["tokens/reviewer_share"] > 0
 
 

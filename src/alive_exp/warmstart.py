@@ -166,15 +166,29 @@ class Transcripts:
         return self.t.render("refiner", task=task.prompt, solution=solution, critique=shown), KEEP if keep else good
 
 
-def likelihood_step(model, gen: Generator, pairs: list[tuple[str, str]], pad: int, chunk: int = 16) -> float:
-    """Backward pass of the mean completion-token NLL over `pairs`, in length-sorted micro-batches of `chunk`
-    (little padding), through the learner's own log-prob path (`losses.likelihood_loss`); returns the loss."""
+def micro_batches(lengths: list[int], chunk: int, token_budget: int) -> list[list[int]]:
+    """Indices of length-sorted micro-batches of at most `chunk` sequences and at most `token_budget` padded tokens
+    (one sequence longer than the budget goes alone): a few long sequences (a constructor's page) get their own
+    micro-batch instead of padding the longest short ones to their length."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    out: list[list[int]] = []
+    for i in order:
+        if out and len(out[-1]) < chunk and (len(out[-1]) + 1) * lengths[i] <= token_budget:
+            out[-1].append(i)
+        else:
+            out.append([i])
+    return out
+
+
+def likelihood_step(model, gen: Generator, pairs: list[tuple[str, str]], pad: int, chunk: int = 16,
+                    token_budget: int = 2048) -> float:
+    """Backward pass of the mean completion-token NLL over `pairs`, in length-sorted micro-batches (`micro_batches`:
+    little padding), through the learner's own log-prob path (`losses.likelihood_loss`); returns the loss."""
     samples = [Sample("warmstart", gen.encode_prompt(p), gen.encode_completion(c), nll_weight=1.0) for p, c in pairs]
-    samples.sort(key=lambda s: len(s.prompt_ids) + len(s.completion_ids))
     total = sum(len(s.completion_ids) for s in samples)
     loss_sum = 0.0
-    for i in range(0, len(samples), chunk):
-        loss = likelihood_loss(model, samples[i:i + chunk], pad, total)
+    for batch in micro_batches([len(s.prompt_ids) + len(s.completion_ids) for s in samples], chunk, token_budget):
+        loss = likelihood_loss(model, [samples[i] for i in batch], pad, total)
         loss.backward()
         loss_sum += float(loss.detach())
     return loss_sum
