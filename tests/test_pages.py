@@ -73,6 +73,14 @@ def test_the_constructor_names_which_problem_of_the_page_to_pose():
         assert check.valid, check
         posed.append(d.make_task(page, check.start, check.end).prompt)
     assert posed == [b.splitlines()[0] for b in blocks]
+    # what the oracle constructor writes (the answer's whole line) reads back to the same span, as does the bare value
+    for s, e in d.candidate_spans(page):
+        assert d.span_text(page, s, e) == f"Answer: {page.text[s:e]}"
+        assert (d.check_span(page, d.span_text(page, s, e)).start, d.check_span(page, page.text[s:e]).start) == (s, s)
+    assert d.check_span(page, "Answer: 100000").reason == "no answer line of the document reads that value"
+    anywhere = pages_domain("any")
+    for s, e in anywhere.candidate_spans(page):  # hide=any: a column total or carry is written as itself
+        assert anywhere.span_text(page, s, e) == page.text[s:e] or anywhere.span_text(page, s, e).startswith("Answer: ")
     a, op, b = col.parse_question(blocks[1])
     assert d.check_span(page, f"{a} {op} {b}").reason == "span lies in the question"
     assert not d.check_span(page, blocks[0].splitlines()[1].split("=")[1].split()[0]).valid
@@ -123,12 +131,12 @@ def test_the_uniform_probe_solves_a_uniformly_posed_task_on_a_share_of_the_pages
     from alive_exp.rewards import learnability
     from alive_exp.train import build
 
-    opts = ["trainer.docs_per_step=8", "trainer.max_tasks_per_step=8", "trainer.uniform_probe_share=0.25",
-            "trainer.constructor=learned"]
+    opts = ["benchmark.options.source_options.column_arithmetic.per_page=[4,8]", "trainer.docs_per_step=8",
+            "trainer.max_tasks_per_step=8", "trainer.uniform_probe_share=0.25", "trainer.constructor=learned"]
     m = build(small_cfg(*opts), evaluate=False)
     s = m.step_impl
     docs = m.corpus.for_step(0)
-    assert all(len(questions(d.text)) >= 4 for d in docs)  # +experiment=math trains on pages
+    assert all(len(questions(d.text)) >= 4 for d in docs)
     _, tasks = s.construct(docs, 0)
     attempts = s.solve(tasks, 0)
     solver_tokens = s.tokens["solver"]

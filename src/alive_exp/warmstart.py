@@ -147,7 +147,7 @@ class Transcripts:
             doc, s, e, task = self.task()
             self.last_task = task  # what the example was made from (tests read it)
             if kind == "constructor":
-                return self.t.render("constructor", document=doc.text), f"Span: {doc.text[s:e]}"
+                return self.t.render("constructor", document=doc.text), f"Span: {self.domain.span_text(doc, s, e)}"
             return self.t.render("solver", task=task.prompt), self.domain.solution_text(task)
         task, solution, good = self.judged(kind)
         self.last_task = task
@@ -181,7 +181,7 @@ def micro_batches(lengths: list[int], chunk: int, token_budget: int) -> list[lis
 
 
 def likelihood_step(model, gen: Generator, pairs: list[tuple[str, str]], pad: int, chunk: int = 16,
-                    token_budget: int = 2048) -> float:
+                    token_budget: int = 4096) -> float:
     """Backward pass of the mean completion-token NLL over `pairs`, in length-sorted micro-batches (`micro_batches`:
     little padding), through the learner's own log-prob path (`losses.likelihood_loss`); returns the loss."""
     samples = [Sample("warmstart", gen.encode_prompt(p), gen.encode_completion(c), nll_weight=1.0) for p, c in pairs]

@@ -153,6 +153,11 @@ class Domain(ABC):
             return SpanCheck(False, why)
         return SpanCheck(True, "", start, end)
 
+    def span_text(self, doc: Document, start: int, end: int) -> str:
+        """What a constructor writes after `Span:` to hide doc.text[start:end] (the oracle constructor's target);
+        `check_span` reads it back to the same range. The text itself by default."""
+        return doc.text[start:end]
+
     def locate_span(self, doc: Document, span: str) -> int:
         """Where a proposed span sits in the document (-1 when absent); the first occurrence by default."""
         return doc.text.find(span)

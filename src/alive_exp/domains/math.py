@@ -24,8 +24,8 @@ from typing import Any
 
 from alive_exp.domains import columns as col
 from alive_exp.domains import hub
-from alive_exp.domains.base import (HELDOUT_BUCKETS, MASK, VALIDATION_BUCKETS, Critique, Document, Domain, Task,
-                                    checked_sources, merged_options, split_of, verdict_line)
+from alive_exp.domains.base import (HELDOUT_BUCKETS, MASK, VALIDATION_BUCKETS, Critique, Document, Domain, SpanCheck,
+                                    Task, checked_sources, merged_options, split_of, verdict_line)
 
 log = logging.getLogger(__name__)
 
@@ -293,6 +293,34 @@ class MathDomain(Domain):
         if self.hide == "answer":
             return [sp for sp in spans if self._on_answer_line(text, sp[0])]
         return spans
+
+    def span_text(self, doc: Document, start: int, end: int) -> str:
+        """On a page of several problems an answer is named by its whole line (`Answer: 722`): a constructor then
+        copies the value that follows one `Answer:` line, not a bare number it must tell from column totals. A
+        single problem's answer is written as itself."""
+        if self._on_answer_line(doc.text, start) and len(self._problems(doc.text)) > 1:
+            return f"{self.answer_prefix} {doc.text[start:end]}"
+        return doc.text[start:end]
+
+    def check_span(self, doc: Document, span: str, min_chars: int = 1, max_chars: int = 200) -> SpanCheck:
+        """A bare span (`722`) as every domain reads it, or an answer line (`Answer: 722`): that line's value is
+        hidden."""
+        text = span.strip()
+        if not text.startswith(self.answer_prefix):
+            return super().check_span(doc, span, min_chars, max_chars)
+        value = text[len(self.answer_prefix):].strip()
+        if not value:
+            return SpanCheck(False, "empty span")
+        if not (min_chars <= len(value) <= max_chars):
+            return SpanCheck(False, f"length {len(value)} outside [{min_chars}, {max_chars}]")
+        for s, e in self._spans_with_answers(doc):
+            if doc.text[s:e] == value:
+                why = self.unsolvable_reason(doc, s, e)
+                return SpanCheck(False, why) if why else SpanCheck(True, "", s, e)
+        return SpanCheck(False, "no answer line of the document reads that value")
+
+    def _spans_with_answers(self, doc: Document) -> list[tuple[int, int]]:
+        return [(s, e) for s, e in self.candidate_spans(doc) if self._on_answer_line(doc.text, s)]
 
     def _on_answer_line(self, text: str, pos: int) -> bool:
         return text.startswith(self.answer_prefix, text.rfind("\n", 0, pos) + 1)
