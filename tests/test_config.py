@@ -38,28 +38,36 @@ def test_debug_options_shrink_the_experiment_they_follow(option, tmp_path):
     assert cfg.benchmark.train_docs < full.benchmark.train_docs and not cfg.trainer.progress_bar
 
 
-ARMS = {"scalar": ("scalar", "outcome", False, "self"), "judge": ("judge", "outcome", False, "self"),
-        "verbal": ("verbal", "outcome", False, "self"), "fcp": ("fcp", "outcome", False, "self"),
-        "sft": ("sft", "outcome", False, "self"), "verbal_credit": ("verbal", "critique", False, "self"),
-        "verbal_group": ("verbal", "outcome", True, "self"), "verbal_oracle": ("verbal", "outcome", False, "oracle")}
+ARMS = {"scalar": ("scalar", "outcome", False, "self", "learned"), "judge": ("judge", "outcome", False, "self", "learned"),
+        "verbal": ("verbal", "outcome", False, "self", "learned"), "fcp": ("fcp", "outcome", False, "self", "learned"),
+        "sft": ("sft", "outcome", False, "self", "learned"),
+        "verbal_credit": ("verbal", "critique", False, "self", "learned"),
+        "verbal_group": ("verbal", "outcome", True, "self", "learned"),
+        "verbal_oracle": ("verbal", "outcome", False, "oracle", "learned"),
+        "scalar_uniform": ("scalar", "outcome", False, "self", "rule"),
+        "verbal_uniform": ("verbal", "outcome", False, "self", "rule")}
 
 
-def test_every_arm_is_its_reward_mode_and_variant_and_the_learning_sweep_runs_only_arms(tmp_path):
-    """+arm=NAME (the learning report's arms) sets the reward mode and the variant's keys and nothing else."""
+def test_every_arm_is_its_reward_mode_and_variant_and_the_sweeps_run_only_arms(tmp_path):
+    """+arm=NAME (the reports' arms) sets the reward mode, the variant's keys and who poses, and nothing else."""
     assert sorted(p.stem for p in (CONF / "arm").glob("*.yaml")) == sorted(ARMS)
     plain = compose_cfg(["+experiment=math"], tmp_path)
-    for arm, (mode, credit, in_group, writer) in ARMS.items():
+    for arm, (mode, credit, in_group, writer, constructor) in ARMS.items():
         cfg = compose_cfg(["+experiment=math", f"+arm={arm}"], tmp_path)
-        got = (cfg.reward.mode, cfg.reward.credit, cfg.reward.refinements_in_group, cfg.critic.writer)
-        assert got == (mode, credit, in_group, writer), arm
-        same_mode = compose_cfg(["+experiment=math", f"reward={mode}"], tmp_path)
-        assert cfg.trainer == same_mode.trainer == plain.trainer and cfg.warmstart == plain.warmstart
+        got = (cfg.reward.mode, cfg.reward.credit, cfg.reward.refinements_in_group, cfg.critic.writer,
+               cfg.trainer.constructor)
+        assert got == (mode, credit, in_group, writer, constructor), arm
+        same_mode = compose_cfg(["+experiment=math", f"reward={mode}", f"trainer.constructor={constructor}"], tmp_path)
+        assert cfg.trainer == same_mode.trainer and cfg.warmstart == plain.warmstart
     sys.path.insert(0, str(REPO / "scripts"))
     from learning_report import sweep_grid
 
     arms, seeds, fixed = sweep_grid(REPO / "sweeps" / "learning.yaml")
     assert set(arms) <= set(ARMS) and {"verbal_oracle", "verbal_credit", "verbal_group"} <= set(arms)
     assert seeds == [0, 1, 2, 3, 4] and fixed == []
+    arms, seeds, fixed = sweep_grid(REPO / "sweeps" / "constructor.yaml")
+    assert sorted(arms) == ["scalar", "scalar_uniform", "verbal", "verbal_uniform"] and seeds == [0, 1, 2, 3, 4]
+    assert fixed == ["benchmark.options.source_options.column_arithmetic.per_page=[4,8]"]
 
 
 def test_every_group_file_documents_itself():
