@@ -67,7 +67,7 @@ def test_every_arm_is_its_reward_mode_and_variant_and_the_sweeps_run_only_arms(t
     assert seeds == [0, 1, 2, 3, 4] and fixed == []
     arms, seeds, fixed = sweep_grid(REPO / "sweeps" / "constructor.yaml")
     assert sorted(arms) == ["scalar", "scalar_uniform", "verbal", "verbal_uniform"] and seeds == [0, 1, 2, 3, 4]
-    assert fixed == ["benchmark.options.source_options.column_arithmetic.per_page=[4,8]"]
+    assert fixed == ["benchmark.options.source_options.column_arithmetic.per_page=[4,8]", "trainer.uniform_probe_share=0.125"]
 
 
 def test_every_group_file_documents_itself():

@@ -37,6 +37,12 @@ class Proposal:
     cut: bool = False  # a valid task left out by `trainer.max_tasks_per_step`: never solved, so never scored
 
 
+def learned_tasks(proposals: list[Proposal]) -> set[str]:
+    """Ids of the tasks a learned constructor posed itself this step (valid proposals solved, not cut), as against
+    those the rule masker's fallback posed for documents without a valid proposal."""
+    return {p.task.id for p in proposals if p.completion is not None and p.task is not None and not p.cut}
+
+
 @dataclass
 class Attempt:
     task: Task
@@ -149,25 +155,29 @@ class AliveStep:
                 p.cut = p.task is not None and p.task.id not in ids
         return proposals, kept
 
-    def probe(self, docs: list[Document], attempts: list[list[Attempt]], step: int) -> list[tuple[float, float]]:
+    def probe(self, docs: list[Document], proposals: list[Proposal], attempts: list[list[Attempt]],
+              step: int) -> list[tuple[float, float]]:
         """What uniform posing would have given on the same pages: on a seeded share (`trainer.uniform_probe_share`)
-        of the step's documents whose posed task was solved, the rule masker poses one task uniformly and the
-        solver samples N solutions of it (metrics only, counted as `tokens/probe`, never trained on). Returns per
-        probed document (learnability of the task(s) posed there, learnability of the uniform one). Learned
-        constructor only: the rule masker's tasks are the uniform ones."""
+        of the step's documents where a task the learned constructor posed (a valid proposal, not the fallback)
+        was solved, the rule masker poses one task and the solver samples N solutions of it (metrics only,
+        counted as `tokens/probe`, never trained on). Returns per probed document (learnability of the task(s)
+        the constructor posed there, learnability of the uniform one). Learned constructor only: the rule
+        masker's tasks are the uniform ones."""
         share = float(self.tr.uniform_probe_share)
         if self.tr.constructor != "learned" or share <= 0:
             return []
+        chosen_ids = learned_tasks(proposals)
         posed: dict[str, list[float]] = {}
         for g in attempts:
-            posed.setdefault(g[0].task.doc_id, []).append(learnability(sum(a.correct for a in g) / len(g)))
+            if g[0].task.id in chosen_ids:
+                posed.setdefault(g[0].task.doc_id, []).append(learnability(sum(a.correct for a in g) / len(g)))
         rng = random.Random(phase_seed(self.cfg.seed, step, "uniform-probe"))
         candidates = [d for d in docs if d.id in posed and len(self.domain.candidate_spans(d)) > 1]
         chosen = rng.sample(candidates, min(len(candidates), max(1, round(share * len(docs)))))
         tasks: list[tuple[str, Task]] = []
         for doc in chosen:
-            for span in self.domain.propose_spans(doc, 1, rng):
-                check = self.domain.check_span(doc, span, self.tr.span_min_chars, self.tr.span_max_chars)
+            for span in self.domain.propose_spans(doc, 1, rng):  # as trainer.constructor=rule poses
+                check = self.domain.check_span(doc, span)
                 if check.valid:
                     tasks.append((doc.id, self.domain.make_task(doc, check.start, check.end)))
         if not tasks:

@@ -153,7 +153,7 @@ class TrainerConfig:
     span_max_chars: int = 40
     # share of a step's documents on which a uniformly posed task is also solved (metrics only, never trained on):
     # what the learned constructor's choice is worth against uniform posing on the same pages
-    uniform_probe_share: float = 0.125
+    uniform_probe_share: float = 0.0
     blind_review_share: float = 0.0
     reviews: bool = True  # false: solver-only steps (no review phase, no reviewer training; scalar and sft)
     warmup_steps: int = 0  # oracle writes critiques for the first warmup_steps

@@ -52,20 +52,32 @@ def solve_rate_histogram(rates: Sequence[float]) -> dict[str, float]:
 def constructor_choice(domain, proposals, attempts, probed: Sequence[tuple[float, float]]) -> dict[str, float]:
     """What the constructor chose this step, against what uniform posing would have chosen on the same documents.
 
-    `posed_<d>` is the mean difficulty measure d (`task.meta["difficulty"]`: for column problems digits and
-    carries) of the tasks solved this step, `uniform_<d>` its expectation under uniform posing over the same
-    documents' candidate spans (free: no solving). `posed_learnability` is the mean learnability of the solved
-    tasks (1 at solve rate 0.5, 0 at 0 or 1). From the uniform probe (`AliveStep.probe`), on the probed documents:
-    `uniform_learnability`, `probed_posed_learnability` and their paired difference `learnability_gain`.
+    The posed tasks are those the constructor chose: with a learned constructor, its valid proposals that were
+    solved (`fallback_share` is the share of solved tasks the rule masker posed instead, for documents without a
+    valid proposal); with the rule masker, every task. `posed_<d>` is their mean difficulty measure d
+    (`task.meta["difficulty"]`: for column problems digits and carries), `uniform_<d>` its expectation under
+    uniform posing over the same documents' candidate spans (free: no solving); `posed_learnability` their mean
+    learnability (1 at solve rate 0.5, 0 at 0 or 1). Keys are absent on a step with no posed task. From the
+    uniform probe (`AliveStep.probe`), on the probed documents: `uniform_learnability`, `probed_posed_learnability`
+    and their paired difference `learnability_gain`.
     """
+    from alive_exp.alive import learned_tasks
     from alive_exp.rewards import learnability
 
     m: dict[str, float] = {}
-    posed = [g[0].task for g in attempts]
-    m["constructor/posed_learnability"] = mean([learnability(sum(a.correct for a in g) / len(g)) for g in attempts])
+    if any(p.completion is not None for p in proposals):
+        chosen = learned_tasks(proposals)
+        groups = [g for g in attempts if g[0].task.id in chosen]
+        m["constructor/fallback_share"] = 1 - len(groups) / len(attempts) if attempts else 0.0
+    else:
+        groups = list(attempts)
+    posed = [g[0].task for g in groups]
+    if groups:
+        m["constructor/posed_learnability"] = mean([learnability(sum(a.correct for a in g) / len(g)) for g in groups])
     keys = sorted({k for t in posed for k in t.meta.get("difficulty", {})})
     if keys:
-        docs = list({p.doc.id: p.doc for p in proposals}.values())
+        on = {t.doc_id for t in posed}
+        docs = [d for d in {p.doc.id: p.doc for p in proposals}.values() if d.id in on]
         uniform: dict[str, list[float]] = {k: [] for k in keys}
         for doc in docs:
             tasks = [domain.make_task(doc, s, e) for s, e in domain.candidate_spans(doc)]

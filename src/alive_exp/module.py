@@ -111,7 +111,7 @@ class AliveModule(pl.LightningModule):
         with self.timer("solve"):
             attempts = s.solve(tasks, step)
         with self.timer("probe"):
-            probed = s.probe(docs, attempts, step)
+            probed = s.probe(docs, proposals, attempts, step)
         with self.timer("review"):
             warmup = s.review(attempts, step)
         with self.timer("refine"):

@@ -87,7 +87,9 @@ def page(rng: random.Random, size: int, ops: list[str], digits: tuple[int, int])
     same question or the same answer: a problem the constructor hides is never given away by another one."""
     out: list[tuple[int, str, int]] = []
     questions, answers = set(), set()
-    while len(out) < size:
+    for _ in range(1000 * size + 1000):
+        if len(out) == size:
+            return out
         op = rng.choice(ops)
         a, b = problems(rng, 1, op, digits, "train")[0]
         if (a, op, b) in questions or answer(a, op, b) in answers:
@@ -95,7 +97,10 @@ def page(rng: random.Random, size: int, ops: list[str], digits: tuple[int, int])
         questions.add((a, op, b))
         answers.add(answer(a, op, b))
         out.append((a, op, b))
-    return out
+    if len(out) == size:
+        return out
+    raise ValueError(f"column_arithmetic: no page of {size} problems with distinct answers for digits {digits} and "
+                     f"operations {ops}; lower per_page or widen digits")
 
 
 PAGE_BREAK = "\n\n"  # between the problems of a page

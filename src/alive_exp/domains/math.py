@@ -136,6 +136,10 @@ class MathDomain(Domain):
         self.sources = checked_sources("math", sources, self.SOURCE_DEFAULTS)
         self.source_options = merged_options(self.SOURCE_DEFAULTS, source_options)
         self.columns = self._column_options()
+        if self.columns["per_page"] != (1, 1) and hide != "answer":
+            # a column total or carry is written as its bare value, which recurs across a page's problems: the
+            # span a constructor names could not be told from the same value in another problem
+            raise ValueError("column_arithmetic.per_page (pages of several problems) needs benchmark.options.hide=answer")
         self.hub_benchmarks = tuple(hub_benchmarks)
 
     def _column_options(self) -> dict[str, Any]:
