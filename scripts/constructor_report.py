@@ -27,7 +27,7 @@ STUDY = Study(
     comparisons=(("scalar", "scalar_uniform"), ("verbal", "verbal_uniform"), ("verbal", "scalar"),
                  ("verbal_uniform", "scalar_uniform")),
     curves=("constructor/posed_carries", "constructor/posed_digits", "constructor/posed_learnability",
-            "constructor/valid_rate", "solver/accuracy"),
+            "constructor/fallback_share", "solver/accuracy"),
     prefix="constructor",
     title="Does the constructor's choice matter? Learned posing against uniform, paired by seed",
     preface=("Arms: `scalar` and `verbal` pose with the learned constructor (trainer.constructor=learned), "

@@ -29,6 +29,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lead", choices=("pairs", "whole"), default="pairs")
+    ap.add_argument("--blind", action="store_true", help="probe the blind reviewer (no reference) instead")
+    ap.add_argument("--derive", action="store_true",
+                    help="with --blind: the blind critique first re-derives each column and compares it with the "
+                         "written line, up to the first that differs (`derived`)")
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--every", type=int, default=50)
     ap.add_argument("--threads", type=int, default=1)
@@ -56,6 +60,14 @@ def main() -> None:
             return text, verdict
 
         col.critique_text = whole
+    if args.derive:
+        oracle_text = col.critique_text
+
+        def derived_blind(task_prompt, completion, final, ok, masked_kind, reference=None):
+            text, verdict = oracle_text(task_prompt, completion, final, ok, masked_kind, reference)
+            return (derived(col, task_prompt, completion, final) + " " + text if reference is None else text), verdict
+
+        col.critique_text = derived_blind
 
     torch.set_num_threads(args.threads)
     cfg = compose(["+experiment=math", f"seed={args.seed}", *args.overrides])
@@ -66,7 +78,8 @@ def main() -> None:
     torch.manual_seed(args.seed)
     templates = RoleTemplates(**OmegaConf.to_container(cfg.roles, resolve=True))
     gen = Generator(model, tok, batch_size=128)
-    stream = W.Transcripts(domain, templates, domain.documents("train", 20000, args.seed), {"reviewer": 1.0}, args.seed)
+    kind = "reviewer_blind" if args.blind else "reviewer"
+    stream = W.Transcripts(domain, templates, domain.documents("train", 20000, args.seed), {kind: 1.0}, args.seed)
     opt, sched = W.optimizer_and_schedule(model, cfg.warmstart)
     trained = domains.get(cfg.benchmark.domain, **W.trained_options(cfg))
     rng = random.Random(1)
@@ -86,18 +99,42 @@ def main() -> None:
         if step % args.every and step != args.steps:
             continue
         model.eval()
-        prompts = [templates.render("reviewer", task=t.prompt, reference=t.reference, solution=s) for t, s, _ in judged]
+        prompts = [templates.render("reviewer_blind", task=t.prompt, solution=s) if args.blind else
+                   templates.render("reviewer", task=t.prompt, reference=t.reference, solution=s) for t, s, _ in judged]
         outs = gen.generate(prompts, n=1, max_new_tokens=int(cfg.trainer.generation.reviewer_tokens), temperature=0.0)
         verdicts = [parse_critique(o[0].text).verdict for o in outs]
         ok = [v is True for (_, _, right), v in zip(judged, verdicts) if right]
         caught = [v is False for (_, _, right), v in zip(judged, verdicts) if not right]
-        print(json.dumps({"lead": args.lead, "step": step, "loss": round(loss, 3),
+        print(json.dumps({"lead": "blind" + ("+derive" if args.derive else "") if args.blind else args.lead, "step": step, "loss": round(loss, 3),
                           "balanced": round((sum(ok) / len(ok) + sum(caught) / len(caught)) / 2, 3),
                           "right_ok": round(sum(ok) / len(ok), 3), "wrong_caught": round(sum(caught) / len(caught), 3),
                           "missing": sum(v is None for v in verdicts), "seconds": round(time.time() - start)}),
               flush=True)
     for (t, s, right), o in list(zip(judged, outs))[:6]:
         print(json.dumps({"right": right, "answer_line": s.splitlines()[-1], "review": o[0].text}))
+
+
+def derived(col, task_prompt: str, completion: str, final: str | None) -> str:
+    """A blind check written out: each column's line as it should read, against the line written, up to the first
+    that differs (`8+6=14 c1 same, 7+5+1=13 c1 not 7+5=12`), then the answer the columns give against the answer
+    line. Each same-or-different decision is then between two lines side by side, as the digit pairs made the
+    reviewer's comparison with the reference."""
+    q = col.parse_question(task_prompt)
+    if q is None:
+        return ""
+    a, op, b = q
+    want = col.columns(a, op, b)
+    body = [ln.strip() for ln in completion.splitlines() if ln.strip() and not ln.startswith("Answer:")]
+    out = []
+    for i, w in enumerate(want):
+        line = w.line(op)
+        got = body[i] if i < len(body) else "nothing"
+        out.append(f"{line} same" if got == line else f"{line} not {got}")
+        if got != line:
+            return ", ".join(out) + "."
+    right = str(col.answer(a, op, b))
+    out.append(f"answer {right} same" if final == right else f"answer {right} not {final}")
+    return ", ".join(out) + "."
 
 
 if __name__ == "__main__":
