@@ -9,6 +9,10 @@ problems, each judged once right (the reference solution) and once wrong (a corr
 `balanced` agreement of the verdict with the reference check, `right_ok` (right ones accepted),
 `wrong_caught` (wrong ones rejected), `missing` (no verdict). One JSON line per check, then a few reviews.
 
+`--blind` probes the blind reviewer instead (blind transcripts, judged without the reference); with `--derive`
+its critique first re-derives each column and sets it beside the written line up to the first that differs
+(`8+6=14 c1 same, 7+5+1=13 c1 not 7+5=12 c1.`), then says what the oracle's blind critique says.
+
 `--lead pairs` is the critique the oracle writes (`Reference 834, answer 824: 8 8, 3 2: different. ...`);
 `--lead whole` the one it wrote before, which compares the two numbers whole (`Reference 834, answer 824:
 different. ...`). Round 4 of docs/learning_investigation.md quotes both.
