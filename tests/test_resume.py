@@ -102,7 +102,11 @@ def test_sigkilled_run_resumes_with_continuous_metrics_and_equal_results(tmp_pat
     reference = _popen(ref_root, tiny_data)  # runs beside the one we kill
     victim = _popen(root, tiny_data)
     deadline = time.time() + 400
-    while not list(root.glob("outputs/train/*/checkpoints/last.ckpt")):  # written at step 2 of 4
+    def checkpointed() -> bool:  # last.ckpt of step 2 of 4 and its run.json, both written
+        return any(json.loads(p.read_text()).get("alive_step") == 2 and (p.parent / "last.ckpt").exists()
+                   for p in root.glob("outputs/train/*/checkpoints/run.json"))
+
+    while not checkpointed():
         assert victim.poll() is None, victim.stderr.read()[-3000:]
         assert time.time() < deadline
         time.sleep(0.02)
@@ -141,3 +145,35 @@ def test_sigkilled_run_resumes_with_continuous_metrics_and_equal_results(tmp_pat
     finished = [json.loads(p.read_text()).get("finished", False)
                 for p in root.glob("outputs/train/*/checkpoints/run.json")]
     assert sorted(finished) == [False, True]  # the killed attempt's folder, then the resumed attempt's
+
+
+def test_a_kill_between_checkpoint_and_run_json_leaves_a_resumable_run(tmp_path, monkeypatch):
+    """The checkpoint's run.json names the run (fingerprint, MLflow id) before last.ckpt is replaced: a kill right
+    after the checkpoint is written, before run.json is updated, leaves a last.ckpt `resume=auto` finds."""
+    from types import SimpleNamespace
+
+    from alive_exp import callbacks
+
+    class Killed(Exception):
+        pass
+
+    replace, written = os.replace, []
+
+    def killed_after_the_checkpoint(src, dst):
+        if written and str(dst).endswith("run.json"):
+            raise Killed
+        replace(src, dst)
+        written.extend([dst] if str(dst).endswith("last.ckpt") else [])
+
+    trainer = SimpleNamespace(is_global_zero=True, save_checkpoint=lambda path: open(path, "w").write("state"))
+    module = SimpleNamespace(mlflow_run_id="run-1", alive_step=2)
+    cb = callbacks.AliveCheckpoint(tmp_path / "checkpoints", every=2, fingerprint="fp")
+    monkeypatch.setattr(callbacks.os, "replace", killed_after_the_checkpoint)
+    with pytest.raises(Killed):
+        cb.save(trainer, module)  # the run's first checkpoint, killed before its step is recorded
+    monkeypatch.setattr(callbacks.os, "replace", replace)
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    assert ckpt.exists() and callbacks.read_run_info(ckpt.parent) == {"fingerprint": "fp", "mlflow_run_id": "run-1"}
+    assert callbacks.find_resumable("fp", [str(ckpt)]) == ckpt
+    cb.save(trainer, module)  # and the next save completes the record
+    assert callbacks.read_run_info(ckpt.parent) == {"fingerprint": "fp", "mlflow_run_id": "run-1", "alive_step": 2}

@@ -81,9 +81,11 @@ class AliveCheckpoint(pl.Callback):
         tmp = self.dirpath / "last.ckpt.tmp"
         trainer.save_checkpoint(tmp)
         if trainer.is_global_zero:
+            # the run's identity first: a kill between the two writes below leaves a checkpoint `resume=auto` still
+            # finds (its run.json then names the previous checkpoint's step, never none)
+            write_run_info(self.dirpath, fingerprint=self.fingerprint, mlflow_run_id=module.mlflow_run_id)
             os.replace(tmp, self.dirpath / "last.ckpt")
-            write_run_info(self.dirpath, fingerprint=self.fingerprint, mlflow_run_id=module.mlflow_run_id,
-                           alive_step=module.alive_step)
+            write_run_info(self.dirpath, alive_step=module.alive_step)
 
     def on_save_checkpoint(self, trainer, module, checkpoint: dict[str, Any]) -> None:
         logger = trainer.logger
