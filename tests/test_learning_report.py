@@ -13,20 +13,26 @@ from mlflow.tracking import MlflowClient
 from conftest import REPO
 
 
-@pytest.mark.slow
-def test_learning_report_reads_its_numbers_back_from_mlflow(tmp_path):
-    out = tmp_path / "report.md"
-    small = ["warmstart.enabled=false", "benchmark.train_docs=200", "trainer.docs_per_step=2",
-             "trainer.max_tasks_per_step=2", "trainer.solutions_per_task=2", "trainer.generation.solver_tokens=16",
-             "trainer.generation.reviewer_tokens=16", "trainer.generation.constructor_tokens=8"]
+def run_report(script: str, tmp_path, out, args: list[str], docs_per_step: int) -> None:
+    """scripts/<script> for seeds 0 and 1 at smoke size (2 jobs, 4 problems a suite), into tmp_path."""
+    small = ["warmstart.enabled=false", "benchmark.train_docs=200", f"trainer.docs_per_step={docs_per_step}",
+             f"trainer.max_tasks_per_step={docs_per_step}", "trainer.solutions_per_task=2",
+             "trainer.generation.solver_tokens=16", "trainer.generation.reviewer_tokens=16",
+             "trainer.generation.constructor_tokens=8"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
     proc = subprocess.run(
-        [sys.executable, "scripts/learning_report.py", "--seeds", "0", "1", "--arms", "scalar", "sft", "--steps", "1",
-         "--eval-size", "4", "--jobs", "2", "--lr-choice", "none", "--out", str(out), "--work", str(tmp_path / "work"),
-         "--data", str(tmp_path / "data"), *small],
+        [sys.executable, f"scripts/{script}", "--seeds", "0", "1", *args, "--eval-size", "4", "--jobs", "2",
+         "--out", str(out), "--work", str(tmp_path / "work"), "--data", str(tmp_path / "data"), *small],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_learning_report_reads_its_numbers_back_from_mlflow(tmp_path):
+    out = tmp_path / "report.md"
+    run_report("learning_report.py", tmp_path, out, ["--arms", "scalar", "sft", "--steps", "1", "--lr-choice", "none"],
+               docs_per_step=2)
     text = out.read_text()
     assert "## Gain over the warm start (paired by seed)" in text and "**scalar - sft** on `math_heldout`" in text
     for suite in ("math_heldout", "math_longer", "math_sub"):
@@ -67,17 +73,8 @@ def test_constructor_report_sets_learned_against_uniform_posing_from_the_stores(
     """scripts/constructor_report.py: the same machinery, its own grid (sweeps/constructor.yaml), the difference
     learned - uniform paired by seed, and what was posed over the steps read back from each run's store."""
     out = tmp_path / "constructor.md"
-    small = ["warmstart.enabled=false", "benchmark.train_docs=200", "trainer.docs_per_step=4",
-             "trainer.max_tasks_per_step=4", "trainer.solutions_per_task=2", "trainer.generation.solver_tokens=16",
-             "trainer.generation.reviewer_tokens=16", "trainer.generation.constructor_tokens=8"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.run(
-        [sys.executable, "scripts/constructor_report.py", "--seeds", "0", "1", "--arms", "scalar", "scalar_uniform",
-         "--steps", "2", "--eval-size", "4", "--jobs", "2", "--out", str(out), "--work", str(tmp_path / "work"),
-         "--data", str(tmp_path / "data"), *small],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_report("constructor_report.py", tmp_path, out, ["--arms", "scalar", "scalar_uniform", "--steps", "2"],
+               docs_per_step=4)
     text = out.read_text()
     assert text.startswith("# Does the constructor's choice matter?")
     assert "**scalar - scalar_uniform** on `math_heldout`" in text and "python scripts/constructor_report.py" in text
