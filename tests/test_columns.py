@@ -83,7 +83,10 @@ def test_each_kind_of_slip_is_named_at_its_column(fault):
     for blind in (False, True):
         c = math.critique(task, solution, blind=blind)
         # with the reference in view the critique first compares the answer with it, then names the column
-        lead = "" if blind else f"Reference 834, answer {final}: {col.digit_pairs('834', final)}: different. "
+        # blind, it first works the columns itself and compares the answer they give with the solution's
+        same = "same" if final == "834" else "different"
+        lead = (f"8+6=14 c1\n7+5+1=13 c1\n4+3+1=8\nMine 834, answer {final}: {col.digit_pairs('834', final)}: {same}. "
+                if blind else f"Reference 834, answer {final}: {col.digit_pairs('834', final)}: different. ")
         assert c.verdict is False and c.text.startswith(lead + "Tens column"), (fault, c.text)
     words = {"wrong_sum": "wrong sum", "carry_dropped": "dropped", "carry_twice": "twice", "carry_mark": "carr",
              "skip": "skipped"}
@@ -92,8 +95,9 @@ def test_each_kind_of_slip_is_named_at_its_column(fault):
 
 def test_critiques_use_the_reference_they_see_and_a_reader_never_gets_it():
     """A reviewer that sees the reference compares the answer with it first (so no example lets it ignore the
-    `Reference:` line); a blind critique, and any critique as a refiner or FCP solver reads it (scrubbed), quotes
-    only numbers of the task and the solution."""
+    `Reference:` line); a blind one works the columns itself first and compares the answer they give; any
+    critique as a refiner or FCP solver reads it (scrubbed: no reference, no digit pairs, no reviewer's working)
+    quotes only numbers of the task and the solution."""
     rng = random.Random(0)
     tasks = tasks_of(math.documents("train", 300, 5))
     seen = 0
@@ -108,11 +112,19 @@ def test_critiques_use_the_reference_they_see_and_a_reader_never_gets_it():
             assert seeing.startswith(f"Reference {t.reference}, answer {answer if answer is not None else 'missing'}: "
                                      f"{pairs}{'same' if math.score(solution, t)[0] else 'different'}."), seeing
             blind = math.critique(t, solution, blind=True).text
+            worked = "\n".join(math.solution_text(t).splitlines()[:-1])
+            whole = len(t.prompt.splitlines()) == 1  # a hidden column or carry: the working is half given, no check
+            assert (blind.startswith(worked) if whole else not blind.startswith(worked)), blind
+            assert not whole or blind.startswith(f"{worked}\nMine {t.reference}, answer {answer if answer is not None else 'missing'}: "
+                                    f"{pairs}{'same' if math.score(solution, t)[0] else 'different'}."), blind
+            blind_read = scrub_reference(critique_body(blind), t.reference)[0]
+            assert not whole or blind_read.startswith(f"Mine ?, answer {'?' if math.score(solution, t)[0] else answer or 'missing'}:"
+                                         f" {'same' if math.score(solution, t)[0] else 'different'}."), blind_read
             read = scrub_reference(critique_body(seeing), t.reference)[0]
             # the digit pairs quote the reference's digits: a reader gets the verdict of the comparison only
             assert read.startswith(f"Reference ?, answer {'?' if math.score(solution, t)[0] else answer or 'missing'}: "
                                    f"{'same' if math.score(solution, t)[0] else 'different'}."), read
-            for text in (blind, read):
+            for text in (blind_read, read):
                 extra = numbers(text) - numbers(t.prompt) - numbers(solution)
                 assert not extra, (t.prompt, solution, text)
                 if not math.verify(solution, t.reference):
@@ -181,7 +193,7 @@ def test_suites_fit_their_token_budgets(small_cfg):
     from alive_exp.train import build
 
     m = build(small_cfg(), evaluate=False)
-    exp = small_cfg("trainer.generation.solver_tokens=64", "trainer.generation.reviewer_tokens=72").trainer.generation
+    exp = small_cfg("trainer.generation.solver_tokens=64", "trainer.generation.reviewer_tokens=112").trainer.generation
     from conftest import compose_cfg
 
     real = compose_cfg(["+experiment=math"]).trainer.generation

@@ -32,7 +32,7 @@ SHARED_ADAPTER = "policy"
 
 
 def _tiny_key(cfg: DictConfig, corpus_domains: list[str]) -> str:
-    spec = {"tiny": OmegaConf.to_container(cfg.tiny, resolve=True), "domains": sorted(corpus_domains), "v": 3}
+    spec = {"tiny": OmegaConf.to_container(cfg.tiny, resolve=True), "domains": sorted(corpus_domains), "v": 4}
     return hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
 
 

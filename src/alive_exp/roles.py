@@ -73,6 +73,9 @@ def parse_critique(text: str) -> Critique:
 
 
 _DIGIT_PAIRS = re.compile(r": (?:[\d-] [\d-], )*[\d-] [\d-]: ")  # `: 8 8, 3 2: ` (domains.columns.digit_pairs)
+# a blind column reviewer's own check (domains.columns.own_check): its working lines, and the answer they gave
+_WORKING = re.compile(r"^[ \t]*\d+(?:[ \t]*[+-][ \t]*\d+)*[ \t]*=[ \t]*-?\d+(?:[ \t]+[cb]1)?[ \t]*(?:\n|$)", re.MULTILINE)
+_MINE = re.compile(r"\bMine -?\d+")
 
 
 def scrub_reference(text: str, reference: str) -> tuple[str, int]:
@@ -81,8 +84,12 @@ def scrub_reference(text: str, reference: str) -> tuple[str, int]:
     What a refiner or a feedback-conditioned solver reads must not hold the hidden answer, or learning from
     it is supervised learning on the labels. A number counts as quoted only as a whole number (`13` is not
     in `130`), and a comparison digit pair by digit pair (`: 8 8, 3 2: `, what a column reviewer writes) is cut
-    out whole; other references (words, code) as a case-insensitive substring.
+    out whole; other references (words, code) as a case-insensitive substring. A blind column reviewer's own
+    working (`8+6=14 c1` lines) and the answer it gave (`Mine 834`) are cut too (not counted as quotations).
     """
+    # a reviewer's own working is cut whatever the reference: the oracle's would hand over the answer, and the
+    # model's own is cut alike so that what a refiner reads in RL is what it read in the warm start
+    text = _MINE.sub("Mine ?", _WORKING.sub("", text))
     ref = str(reference).strip()
     if not ref:
         return text, 0

@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 
 KINDS = ("constructor", "solver", "reviewer", "reviewer_blind", "refiner", "fcp_solver")
 JUDGED = ("reviewer", "reviewer_blind", "refiner", "fcp_solver")  # kinds whose transcript is about one solution
-TRANSCRIPTS_VERSION = 10  # bump when the oracle's transcripts or the loss change: cached warm starts are rebuilt
+TRANSCRIPTS_VERSION = 11  # bump when the oracle's transcripts or the loss change: cached warm starts are rebuilt
 
 
 def warmstart_options(cfg: DictConfig) -> dict:

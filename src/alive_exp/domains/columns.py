@@ -272,17 +272,39 @@ def digit_pairs(reference: str, answer: str) -> str:
     return ", ".join(out)
 
 
+def own_check(task_prompt: str, final: str | None) -> str:
+    """A blind reviewer's own check of a whole problem, written before its judgment: the columns worked out the
+    way the solver writes them, then the answer they give against the solution's, digit pair by digit pair, as a
+    reviewer that sees the reference compares (`Mine 834, answer 824: 8 8, 3 2: different. `). Judging without
+    the reference is then solving plus the comparison, two skills the warm start teaches anyway; asked to spot an
+    error in the solution's own lines instead, the tiny model's blind reviewer stayed at chance, accepting every
+    solution (docs/learning_investigation.md, round 4, addendum). Empty where the task is not a whole problem
+    (a hidden column or carry: the working is half given). What a refiner or FCP solver reads has the working
+    and the value cut (`roles.scrub_reference`): it would hand over the answer."""
+    q = parse_question(task_prompt)
+    if q is None or len(task_prompt.strip().splitlines()) != 1:
+        return ""
+    a, op, b = q
+    mine = str(answer(a, op, b))
+    working = "\n".join(c.line(op) for c in columns(a, op, b))
+    if final is None:
+        return f"{working}\nMine {mine}, answer missing: different. "
+    return f"{working}\nMine {mine}, answer {final}: {digit_pairs(mine, str(final))}: " + \
+        ("same. " if str(final) == mine else "different. ")
+
+
 def critique_text(task_prompt: str, completion: str, final: str | None, ok: bool, masked_kind: str,
                   reference: str | None = None) -> tuple[str, bool]:
     """(critique, blind verdict) for one solution of a column task; `ok` is the check against the reference.
 
-    Blind (`reference` None): only numbers the solution wrote appear, so the critique says where to look, not
-    what to write. With the reference in view, the critique first compares the final answer with it, digit pair
-    by digit pair (the check a reviewer that sees the reference must make), then points at the first wrong
-    column. What a refiner or an FCP solver reads is that critique with the reference and the digit pairs
-    scrubbed out (`roles.scrub_reference`).
+    Blind (`reference` None), on a whole problem the critique first works the columns and compares the answer they
+    give with the solution's (`own_check`); with the reference in view, it first compares the final answer with
+    the reference, digit pair by digit pair (the check a reviewer that sees the reference must make). Then it
+    points at the first wrong column. What a refiner or an FCP solver reads is that critique with the reference,
+    the digit pairs and the reviewer's own working scrubbed out (`roles.scrub_reference`): it says where to look,
+    not what to write.
     """
-    lead = ""
+    lead = own_check(task_prompt, final) if reference is None else ""
     if reference is not None:
         pairs = "" if final is None else digit_pairs(str(reference), str(final)) + ": "
         lead = (f"Reference {reference}, answer {final if final is not None else 'missing'}: {pairs}"
@@ -293,7 +315,8 @@ def critique_text(task_prompt: str, completion: str, final: str | None, ok: bool
     if error:
         return lead + error, False
     if ok:
-        return lead + ("Each column checks out." if lead else "Each column checks out and the answer is right."), True
+        return lead + ("Each column checks out." if reference is not None else
+                       "Each column checks out and the answer is right."), True
     if masked_kind == "whole":
         return lead + "Columns right, but the answer line does not put their digits together.", False
     return lead + f"Working right, but the answer line does not give the hidden {masked_kind}.", False
