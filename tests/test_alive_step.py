@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 from alive_exp.alive import Attempt, Proposal
 from alive_exp.data import StepIndices
 from alive_exp.domains import Critique, Task
+from alive_exp.domains import columns as col
 from alive_exp.losses import Sample
 from alive_exp.module import AliveModule
 from alive_exp.roles import ROLES
@@ -342,6 +343,21 @@ def test_no_refiner_or_fcp_prompt_holds_the_reference_when_the_reviewer_quotes_i
     assert len(prompts) == 2 and all("834" not in p for p in prompts) and fcp.reference_leaks == 1
 
 
+def test_a_refiner_never_reads_a_blind_reviewers_own_working(small_cfg):
+    """A blind column review works the problem itself first (`columns.own_check`): the working and the answer it
+    gave are cut from what a refiner reads, whether right (it would hand over the answer) or wrong (so RL shows the
+    refiner what the warm start did)."""
+    for mine, working in (("834", "8+6=14 c1\n7+5+1=13 c1\n4+3+1=8"), ("844", "8+6=14 c1\n7+5+1=14 c1\n4+3+1=8")):
+        blind = f"{working}\nMine {mine}, answer 824: 8 8, 3 2: different. Tens column: the carry is dropped.\nVerdict: incorrect"
+        s = _step(small_cfg, "verbal")
+        group = [_column_attempt(False, blind, False)]
+        s.refine([group], step=0)
+        prompt = group[0].revision.prompt
+        assert "Mine ?, answer 824: different. Tens column: the carry is dropped." in prompt, prompt
+        read = prompt.split("Critique:", 1)[1]
+        assert mine not in prompt and not any(col.parse_line(ln) for ln in read.splitlines()), read
+
+
 @pytest.mark.parametrize("kind", ["refiner", "fcp_solver"])
 def test_warm_start_refiner_and_fcp_transcripts_never_hold_the_reference(small_cfg, kind):
     """The reviewer's critiques quote the reference (it must use it); what a refiner or FCP solver reads never
@@ -357,7 +373,7 @@ def test_warm_start_refiner_and_fcp_transcripts_never_hold_the_reference(small_c
     own_rng = random.Random(1)
     stream.own = [(t, domain.corrupt(t, domain.solution_text(t), own_rng) or domain.solution_text(t))
                   for t in (stream.task()[3] for _ in range(50))]
-    leaks, quoted = 0, 0
+    leaks, quoted, mine, worked = 0, 0, 0, 0
     for _ in range(400):
         prompt, _ = stream.example()
         reference = stream.last_task.reference
@@ -369,9 +385,12 @@ def test_warm_start_refiner_and_fcp_transcripts_never_hold_the_reference(small_c
             solution = ""
         assert critique.strip()
         quoted += "Reference ?," in critique  # the reviewer's comparison, its reference scrubbed
-        # the critique it is conditioned on quotes only the task and the solution, never the hidden answer
+        mine += "Mine ?," in critique  # a blind reviewer's own check, its working and answer cut
+        # the critique it is conditioned on quotes only the task and the solution, never the hidden answer, and
+        # holds no worked column (a blind reviewer's working would hand it over)
         leaks += reference in set(re.findall(r"\d+", critique)) - set(re.findall(r"\d+", solution))
-    assert leaks == 0 and quoted > 50
+        worked += any(col.parse_line(ln) for ln in critique.splitlines())
+    assert leaks == 0 and worked == 0 and quoted > 50 and mine > 20
 
 
 def test_revisions_share_one_baseline_across_the_step_so_a_lone_revision_learns(small_cfg):
