@@ -390,7 +390,8 @@ def test_warm_start_refiner_and_fcp_transcripts_never_hold_the_reference(small_c
         # holds no worked column (a blind reviewer's working would hand it over)
         leaks += reference in set(re.findall(r"\d+", critique)) - set(re.findall(r"\d+", solution))
         worked += any(col.parse_line(ln) for ln in critique.splitlines())
-    assert leaks == 0 and worked == 0 and quoted > 50 and mine > 20
+    assert leaks == 0 and worked == 0 and quoted > 50
+    assert mine > 20 if kind == "refiner" else mine == 0  # FCP reads the critiques of the reviewer with the reference
 
 
 def test_revisions_share_one_baseline_across_the_step_so_a_lone_revision_learns(small_cfg):
