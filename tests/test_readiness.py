@@ -64,10 +64,28 @@ def test_a_policy_that_plays_every_role_like_the_oracle_is_ready():
     for key in readiness.FLOORS:
         assert r.scores[key] == pytest.approx(1.0), key
     assert r.scores["missing_verdicts"] == 0.0
+    assert r.scores["reviewer_points"] == 1.0 and r.scores["reviewer_blind_points"] == 1.0
     assert not r.unmet({"reviewer": 0.95, "refiner_keeps": 0.95}, 0.02)
     # what the refiner read: the oracle's critique with the reference scrubbed, never the hidden answer
     assert all(t.reference not in critique.split() for (critique, _, _), t in
                zip(r.revisions, [t for t in MATH.benchmarks()["math_validation"](10, 0)]))
+
+
+def test_a_right_verdict_that_names_the_wrong_line_does_not_point():
+    """`reviewer_points`: of the wrong samples, the share whose review names the line the oracle's does; a reviewer
+    whose every verdict is right but who always blames the ones column points only where the ones column is wrong."""
+    def ones(t, s):
+        c = MATH.critique(t, s)
+        return c.text if c.verdict else "Reference ?, answer ?: different. Ones column: wrong digits.\nVerdict: incorrect"
+
+    r = run_measure(review=ones, blind_review=lambda t, s: MATH.critique(t, s, blind=True).text, refine=lambda t, s, c: s)
+    wrong = [(t, x) for t, x, ok in r.samples if not ok]
+    tasks = {t.prompt: t for t in MATH.benchmarks()["math_validation"](10, 0)}
+    at = [MATH.locate_error(tasks[p], x, MATH.critique(tasks[p], x).text) for p, x in wrong]
+    hit = [MATH.locate_error(tasks[p], x, "Ones column: wrong digits.") == a for (p, x), a in zip(wrong, at) if a is not None]
+    assert r.scores["reviewer"] == 1.0 and r.scores["reviewer_blind_points"] == 1.0
+    assert r.scores["reviewer_points"] == pytest.approx(sum(hit) / len(hit)) and 0 < len(hit)
+    assert r.scores["reviewer_points"] < 1.0
 
 
 def test_rejecting_everything_is_chance_and_a_refiner_that_copies_keeps_but_never_fixes():

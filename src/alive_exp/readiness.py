@@ -13,7 +13,11 @@ and in round 4 of docs/learning_investigation.md, on validation problems:
 - `refiner_fixes`: share of wrong samples the refiner (greedy) turns right under the oracle's critique, with the
   reference scrubbed as a refiner reads it;
 - `refiner_keeps`: share of right samples that stay right under the oracle's accepting critique;
-- `missing_verdicts`: share of reviews, with and without the reference, with no parseable verdict.
+- `missing_verdicts`: share of reviews, with and without the reference, with no parseable verdict;
+- `reviewer_points` / `reviewer_blind_points`: of the wrong samples whose first wrong line the oracle's critique
+  locates (`domain.locate_error`), the share whose review, with and without the reference, names that same line
+  (what `reward.credit=critique` acts on: a verdict can be right while the words point elsewhere). A figure to
+  read, not a floor.
 """
 
 from __future__ import annotations
@@ -84,6 +88,15 @@ def measure(gen: Generator, domain, templates: RoleTemplates, tasks, *, samples_
                       for t, x, c in zip(flat_tasks, texts, shown)]
     revised = [g[0].text for g in gen.generate(refine_prompts, n=1, max_new_tokens=solver_tokens, temperature=0.0)]
     revised_ok = [ok for ok, _ in domain.score_many([revised_text(x, r) for x, r in zip(texts, revised)], flat_tasks)]
+    # where the first wrong line is, by the oracle, and whether each review names it
+    oracle_at = [None if ok else domain.locate_error(t, x, domain.critique(t, x).text)
+                 for t, x, ok in zip(flat_tasks, texts, right)]
+
+    def points(written: list[str]) -> float:
+        hits = [domain.locate_error(t, x, r) == at for t, x, r, at in zip(flat_tasks, texts, written, oracle_at)
+                if at is not None]
+        return M.mean([float(h) for h in hits])
+
     fixes = [b for a, b in zip(right, revised_ok) if not a]
     keeps = [b for a, b in zip(right, revised_ok) if a]
     scores = {
@@ -93,6 +106,8 @@ def measure(gen: Generator, domain, templates: RoleTemplates, tasks, *, samples_
         "refiner_fixes": M.mean([float(x) for x in fixes]),
         "refiner_keeps": M.mean([float(x) for x in keeps]),
         "missing_verdicts": M.mean([float(v is None) for v in verdicts + blind_verdicts]),
+        "reviewer_points": points(reviews),
+        "reviewer_blind_points": points(blind),
         "samples": float(len(texts)),
         "right_samples": float(sum(right)),
     }
@@ -176,6 +191,8 @@ def describe(scores: dict[str, float]) -> str:
                      f"{100 * scores['solver_sampled']:.1f}% of samples right")
     parts += [f"reviewer {scores['reviewer']:.2f} with the reference, {scores['reviewer_blind']:.2f} blind "
               "(balanced agreement)",
+              *([f"first wrong line named {scores['reviewer_points']:.2f} with the reference, "
+                 f"{scores['reviewer_blind_points']:.2f} blind"] if "reviewer_points" in scores else []),
               f"refiner fixes {scores['refiner_fixes']:.2f}, keeps {scores['refiner_keeps']:.2f}",
               f"missing verdicts {scores['missing_verdicts']:.3f}"]
     return "; ".join(parts)

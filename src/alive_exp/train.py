@@ -263,7 +263,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 # what metrics.json says of every role at the warm start (alive_exp.readiness), logged as warmstart/<key> at step 0
 WARM_START_ROLES = ("solver_sampled", "reviewer", "reviewer_blind", "refiner_fixes", "refiner_keeps", "missing_verdicts",
-                    "floors_met_at")
+                    "reviewer_points", "reviewer_blind_points", "floors_met_at")
 
 
 def summary(final: dict[str, Any], cfg: DictConfig, links: dict[str, str] | None = None) -> str:
