@@ -9,8 +9,10 @@
 Every problem exercises the same ~200 one-digit facts and one procedure (carry, borrow), so an outcome
 reward meets each fact many times a step (../shared/ALIVE.md, "a world in which an outcome reward teaches").
 
-The critic here points without giving the answer: it names the first wrong column and the kind of
-error, and quotes only numbers the solution itself wrote.
+The critic names the first wrong column and the kind of error. Before that, a reviewer that sees the
+reference compares the answer with it, and a blind one works the columns itself and compares the answer they
+give (`own_check`); what a refiner reads has both comparisons' numbers and the working cut, so it says where
+to look, not what to write.
 """
 
 from __future__ import annotations

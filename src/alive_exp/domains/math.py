@@ -448,8 +448,8 @@ class MathDomain(Domain):
         """Points at the first wrong step or column and says what kind of error it is.
 
         With the reference in view (a reviewer's critique) it first compares the final answer with the
-        reference, and the verdict is that check; blind (self-critique) it quotes only numbers of the task
-        and the solution, and the verdict is what the working shows. A refiner or an FCP solver reads a
+        reference, and the verdict is that check; blind (self-critique) a column critique first works the
+        problem itself (`columns.own_check`), and the verdict is what the working shows. A refiner or an FCP solver reads a
         critique with the reference scrubbed out (`roles.scrub_reference`), so it learns where to look,
         not what to write.
         """
