@@ -15,7 +15,7 @@ import re
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from conftest import REPO, WARM60
+from conftest import REPO, WARM120
 
 # leaf -> when it is read (the smoke run cannot reach it)
 CONDITIONAL = {
@@ -106,7 +106,7 @@ def interpolated(cfg: DictConfig) -> set[str]:
 def test_every_config_leaf_is_read_by_a_smoke_run(small_cfg):
     from alive_exp.train import run
 
-    cfg = small_cfg(*WARM60, "trainer.max_steps=2", "reward=verbal", "trainer.checkpoint_every=1",
+    cfg = small_cfg(*WARM120, "trainer.max_steps=2", "reward=verbal", "trainer.checkpoint_every=1",
                     "trainer.profile=true", "trainer.profile_steps=1", "trainer.eval_every=2")
     all_leaves = leaves(cfg)
     with Reads() as reads:

@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 from alive_exp.alive import Attempt
 from alive_exp.domains import Critique, Task
 from alive_exp.train import build, run
-from conftest import WARM60
+from conftest import WARM120
 
 RIGHT = "8+6=14 c1\n7+5+1=13 c1\n4+3+1=8\nAnswer: 834"
 DROPPED = "8+6=14 c1\n7+5=12 c1\n4+3+1=8\nAnswer: 824"  # the tens column drops the carry
@@ -171,7 +171,7 @@ def test_refinements_join_their_tasks_group_and_rescue_an_all_wrong_one(small_cf
 
 @pytest.mark.slow
 def test_an_oracle_guided_verbal_run_with_both_options_trains_and_logs_them(small_cfg):
-    cfg = small_cfg(*WARM60, "reward=verbal", "critic=oracle", "reward.credit=critique", "reward.refinements_in_group=true",
+    cfg = small_cfg(*WARM120, "reward=verbal", "critic=oracle", "reward.credit=critique", "reward.refinements_in_group=true",
                     "trainer.max_steps=2", "trainer.checkpoint_every=0", "trainer.eval_at_end=false")
     out = run(cfg)
     client = MlflowClient(cfg.logger.tracking_uri)

@@ -7,7 +7,7 @@ import pytest
 
 from alive_exp import cli
 from alive_exp.train import build, run
-from conftest import WARM60
+from conftest import WARM120
 
 PROMPTS = {"solver": [f"Question: {a} + {b}" for a, b in ((12, 34), (56, 7), (81, 19), (340, 66), (25, 25),
                                                             (99, 1), (407, 38), (63, 58))]}
@@ -23,13 +23,13 @@ def greedy(module, role, texts, **fields):
 
 
 def test_a_policy_folder_continues_samples_and_evaluates_as_trained(small_cfg, tmp_path, capsys):
-    cfg = small_cfg(*WARM60, "trainer.max_steps=2", "reward=sft", "trainer.optim.solver.lr=1e-2",
+    cfg = small_cfg(*WARM120, "trainer.max_steps=2", "reward=sft", "trainer.optim.solver.lr=1e-2",
                     "trainer.optim.constructor.lr=1e-2", "trainer.eval_at_end=false", f"paths.output_dir={tmp_path}/run")
     run(cfg)
     policy = tmp_path / "run" / "policy"
     assert sorted(p.name for p in policy.iterdir() if p.is_dir()) == ["constructor", "reviewer", "solver"]
-    warm = build(small_cfg(*WARM60, "trainer.max_steps=2", "reward=sft"), evaluate=False)
-    cont = build(small_cfg(*WARM60, "reward=sft", f"model.init_from={policy}"), evaluate=False)
+    warm = build(small_cfg(*WARM120, "trainer.max_steps=2", "reward=sft"), evaluate=False)
+    cont = build(small_cfg(*WARM120, "reward=sft", f"model.init_from={policy}"), evaluate=False)
     for role in ("solver", "constructor"):
         before_update = greedy(cont, role, PROMPTS[role])
         assert before_update == cli.sample_policy(policy, role, PROMPTS[role])
@@ -51,7 +51,7 @@ def test_a_policy_folder_continues_samples_and_evaluates_as_trained(small_cfg, t
     scores, meta = cli.evaluate_checkpoint(policy, ["benchmark.eval_size=2", "benchmark.self_correction=false"])
     assert meta["checkpoint"] == str(policy) and any(k.endswith("/accuracy") for k in scores)
     with pytest.raises(ValueError, match="lora has 8"):
-        build(small_cfg(*WARM60, f"model.init_from={policy}", "model.lora.r=8"), evaluate=False)
+        build(small_cfg(*WARM120, f"model.init_from={policy}", "model.lora.r=8"), evaluate=False)
 
 
 def test_a_warm_start_folder_samples_as_the_run_it_starts(small_cfg):
@@ -59,7 +59,7 @@ def test_a_warm_start_folder_samples_as_the_run_it_starts(small_cfg):
     folder alone (its config is saved beside the weights), the same as a run starting from it writes."""
     from alive_exp.warmstart import POLICY_CONFIG, build_warmstart
 
-    cfg = small_cfg(*WARM60, "reward=sft")
+    cfg = small_cfg(*WARM120, "reward=sft")
     folder = build_warmstart(cfg, progress=False)
     assert (folder / POLICY_CONFIG).exists()
     start = build(cfg, evaluate=False)

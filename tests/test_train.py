@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from alive_exp import rewards
 from alive_exp.train import run
-from conftest import WARM60
+from conftest import WARM120
 from conftest import REPO
 
 
@@ -260,7 +260,7 @@ def test_the_fast_update_trains_the_adapters_of_the_plain_update(small_cfg, tmp_
 def test_ppo_epochs_take_more_optimizer_steps_per_rollout_and_the_clip_binds(small_cfg):
     # a short warm start, so reviews parse and the reviewer has policy-gradient samples with non-zero advantage
     # one step: both runs train on the same rollout, so the second epoch's ratios are what moved
-    over = (*WARM60, "trainer.max_steps=1", "reward=scalar", "trainer.eval_at_end=false", "trainer.checkpoint_every=0",
+    over = (*WARM120, "trainer.max_steps=1", "reward=scalar", "trainer.eval_at_end=false", "trainer.checkpoint_every=0",
             "reward.clip_eps=0.01", "trainer.optim.reviewer.lr=1e-2")
     once = run(small_cfg(*over))
     assert once["update/reviewer/trained_samples"] > 0 and once["reviewer/clip_frac"] == 0.0  # one pass: ratio 1

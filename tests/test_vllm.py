@@ -18,7 +18,7 @@ from functools import cache
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import REPO, WARM60
+from conftest import REPO, WARM120
 
 VLLM_PYTHON = os.environ.get("ALIVE_VLLM_PYTHON", str(REPO / ".venv-vllm" / "bin" / "python"))
 PROMPTS = ["Question: 478 + 356", "Question: 12 + 89", "Question: 305 + 617", "Question: 66 + 45",
@@ -39,7 +39,7 @@ def vllm_missing() -> str | None:
 def _vllm_cfg(small_cfg, *extra):
     # a short warm start: from random weights every answer is wrong, no sample has an advantage and none
     # is scored, so the log-prob gap would be measured on nothing
-    return small_cfg(*WARM60, "rollout=vllm", f"rollout.vllm.python={VLLM_PYTHON}", "rollout.vllm.startup_timeout_s=900",
+    return small_cfg(*WARM120, "rollout=vllm", f"rollout.vllm.python={VLLM_PYTHON}", "rollout.vllm.startup_timeout_s=900",
                      "+rollout.vllm.env.VLLM_CPU_KVCACHE_SPACE=1", "hardware.torch_threads=1",
                      "trainer.generation.temperature=0.7", *extra)
 
@@ -71,7 +71,7 @@ def test_a_missing_vllm_environment_or_a_dead_url_is_a_clear_error(small_cfg):
 def test_a_gap_above_the_tolerance_stops_the_run_naming_it(small_cfg):
     from alive_exp.train import run
 
-    cfg = small_cfg(*WARM60, "trainer.max_steps=2", "trainer.generation.temperature=0.7",
+    cfg = small_cfg(*WARM120, "trainer.max_steps=2", "trainer.generation.temperature=0.7",
                     "rollout.max_logprob_gap=1e-12", "trainer.eval_at_end=false")
     with pytest.raises(RuntimeError, match="off-policy at step 0.*rollout.max_logprob_gap=1e-12"):
         run(cfg)
