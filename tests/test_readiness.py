@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 
 import pytest
 
@@ -202,3 +203,20 @@ def test_a_kept_solution_is_the_second_attempt_in_scores_protocol_and_the_gated_
         assert sc["self_correction/acc_t2"] == pytest.approx(sum(expected_t2) / 10)
         if expected_t2 == t1:
             assert sc["self_correction/edit_distance_ratio"] == 0.0 and sc["self_correction/delta"] == 0.0
+
+
+def test_evaluations_refiner_reads_a_blind_critique_as_training_shows_it():
+    """The second attempt of evaluation's self-correction reads the model's own blind critique as a refiner read
+    every critique in the warm start and in training: the reviewer's worked columns cut, its value blanked."""
+    from alive_exp.evaluation import EvalSettings, Evaluator
+
+    tasks = MATH.benchmarks()["math_validation"](10, 0)
+    read = []
+    policy = ScriptedPolicy(tasks, review=oracle_review, blind_review=lambda t, s: MATH.critique(t, s, blind=True).text,
+                            refine=lambda t, s, c: read.append(c) or KEEP)
+    first = [policy.generate([TEMPLATES.render("solver", task=t.prompt)])[0][0] for t in tasks]
+    t1 = [ok for ok, _ in MATH.score_many([c.text for c in first], tasks)]
+    Evaluator(EvalSettings(["math"], [], 10, [], True, 64, 112, 0.7, 0), policy, TEMPLATES,
+              solver_prompt=None).self_correction(lambda role: None, MATH, tasks, first, t1)
+    assert len(read) == 10 and all("Mine ?, answer " in c for c in read)
+    assert not any(re.search(r"^\d+[+-]\d+", c, re.M) for c in read)  # no worked column

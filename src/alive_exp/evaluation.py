@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from alive_exp import domains
 from alive_exp import metrics as M
 from alive_exp.domains.hub import HubUnavailable
-from alive_exp.roles import RoleTemplates, critique_body, parse_critique, revised_text
+from alive_exp.roles import RoleTemplates, critique_body, parse_critique, revised_text, scrub_reference
 from alive_exp.rollout import Generator
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,9 @@ class Evaluator:
         critiques = [g[0].text for g in self.gen.generate(cprompts, n=1, max_new_tokens=s.reviewer_tokens, temperature=0.0,
                                                           on_batch=on_batch)]
         use_adapter("solver")
-        rprompts = [self.templates.render("refiner", task=t.prompt, solution=c.text, critique=critique_body(k))
+        # the critique as a refiner reads it in training and in its warm start: a blind reviewer's own working cut
+        rprompts = [self.templates.render("refiner", task=t.prompt, solution=c.text,
+                                          critique=scrub_reference(critique_body(k), t.reference)[0])
                     for t, c, k in zip(tasks, attempt1, critiques)]
         attempt2 = [g[0] for g in self.gen.generate(rprompts, n=1, max_new_tokens=s.solver_tokens, temperature=0.0,
                                                     on_batch=on_batch)]
