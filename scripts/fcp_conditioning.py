@@ -12,7 +12,11 @@ For each folder (a warm start under data/warmstart/, or a training run's policy/
 held-out problems of the trained shape at `--temperature` (the experiment's), the share of right solutions
 under: the plain solver prompt; FCP's prompt with positive feedback (what its rollouts and evaluation use); FCP's
 prompt with negative feedback (the domain's critique of a corrupted solution, as FCP's training targets read
-critiques). One JSON line per folder. Round 4 of docs/learning_investigation.md quotes it.
+critiques). One JSON line per folder. With `--nll`, also what FCP's likelihood update would push on: the model's
+own samples under positive feedback, each scored under the prompt FCP trains it with (a right one under positive
+feedback, a wrong one under the oracle's critique of it, scrubbed), as the mean log-loss per token of right and of
+wrong samples and the share of the summed loss that wrong samples carry. Round 4 of
+docs/learning_investigation.md quotes it.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=0.7)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--override", dest="overrides", action="append", default=[])
+    ap.add_argument("--nll", action="store_true", help="also the log-loss of its own right and wrong samples")
     args = ap.parse_args()
 
     import torch
@@ -69,11 +74,37 @@ def main() -> None:
             outs = module.generator.generate(ps, n=1, max_new_tokens=int(cfg.trainer.generation.solver_tokens),
                                              temperature=args.temperature, seed=1)
             texts = [o[0].text for o in outs]
-            row[name] = round(sum(ok for ok, _ in domain.score_many(texts, tasks)) / len(tasks), 3)
+            right = [ok for ok, _ in domain.score_many(texts, tasks)]
+            row[name] = round(sum(right) / len(tasks), 3)
             examples[name] = {"prompt": ps[0], "solution": texts[0]}
+            if args.nll and name == "fcp_positive":
+                row.update(own_sample_loss(module, domain, t_, tasks, texts, right))
         print(json.dumps(row), flush=True)
         for name, ex in examples.items():
             print(json.dumps({"prompt_kind": name, **ex}))
+
+
+def own_sample_loss(module, domain, templates, tasks, texts, right) -> dict[str, float]:
+    """Log-loss per token of each own sample under the prompt FCP would train it with (right: positive feedback;
+    wrong: the oracle's critique of it as FCP's solver reads it), split by right and wrong."""
+    import torch
+
+    from alive_exp.logprobs import token_logprobs
+    from alive_exp.rewards import fcp_feedback, positive_feedback
+
+    gen, losses = module.generator, {True: [], False: []}
+    with torch.no_grad():
+        for t, x, ok in zip(tasks, texts, right):
+            feedback = positive_feedback(domain, t) if ok else fcp_feedback(domain.critique(t, x).text, t.reference)
+            p = gen.encode_prompt(templates.render("fcp_solver", task=t.prompt, critique=feedback))
+            c = gen.encode_completion(x)
+            ids = torch.tensor([list(p) + list(c)])
+            lp = token_logprobs(module.model, ids, torch.ones_like(ids), 1.0, first=len(p))[0, len(p):]
+            losses[ok].append((-lp.sum().item(), len(c)))
+    per_token = {k: sum(a for a, _ in v) / max(1, sum(n for _, n in v)) for k, v in losses.items()}
+    total = {k: sum(a for a, _ in v) for k, v in losses.items()}
+    return {"nll_per_token_right": round(per_token[True], 4), "nll_per_token_wrong": round(per_token[False], 4),
+            "wrong_share_of_loss": round(total[False] / max(1e-9, total[True] + total[False]), 3)}
 
 
 if __name__ == "__main__":
