@@ -98,7 +98,7 @@ def own_sample_loss(module, domain, templates, tasks, texts, right) -> dict[str,
             feedback = positive_feedback(domain, t) if ok else fcp_feedback(domain.critique(t, x).text, t.reference)
             p = gen.encode_prompt(templates.render("fcp_solver", task=t.prompt, critique=feedback))
             c = gen.encode_completion(x)
-            ids = torch.tensor([list(p) + list(c)])
+            ids = torch.tensor([p + c])
             lp = token_logprobs(module.model, ids, torch.ones_like(ids), 1.0, first=len(p))[0, len(p):]
             losses[ok].append((-lp.sum().item(), len(c)))
     per_token = {k: sum(a for a, _ in v) / max(1, sum(n for _, n in v)) for k, v in losses.items()}

@@ -30,8 +30,7 @@ def compose_cfg(overrides: list[str], root: Path | None = None) -> DictConfig:
 # a 120-step warm start (cached in the session's data folder): spans and reviews with the reference parse,
 # answers and blind reviews mostly do not (a blind review works the columns first: 60 steps wrote no verdict)
 WARM120 = ("warmstart.enabled=true", "warmstart.steps=120", "warmstart.eval_size=4", "warmstart.check_from=60",
-           "warmstart.check_every=60", "warmstart.check_size=4",
-           "hardware.torch_threads=1")
+           "warmstart.check_every=60", "warmstart.check_size=4", "hardware.torch_threads=1")
 
 
 @pytest.fixture(scope="session")

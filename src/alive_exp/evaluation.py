@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from alive_exp import domains
 from alive_exp import metrics as M
 from alive_exp.domains.hub import HubUnavailable
-from alive_exp.roles import RoleTemplates, critique_body, parse_critique, revised_text, scrub_reference
+from alive_exp.roles import RoleTemplates, as_read, parse_critique, revised_text
 from alive_exp.rollout import Generator
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ class Evaluator:
         use_adapter("solver")
         # the critique as a refiner reads it in training and in its warm start: a blind reviewer's own working cut
         rprompts = [self.templates.render("refiner", task=t.prompt, solution=c.text,
-                                          critique=scrub_reference(critique_body(k), t.reference)[0])
+                                          critique=as_read(k, t.reference))
                     for t, c, k in zip(tasks, attempt1, critiques)]
         attempt2 = [g[0] for g in self.gen.generate(rprompts, n=1, max_new_tokens=s.solver_tokens, temperature=0.0,
                                                     on_batch=on_batch)]

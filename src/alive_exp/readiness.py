@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from alive_exp import metrics as M
-from alive_exp.roles import RoleTemplates, critique_body, parse_critique, revised_text, scrub_reference
+from alive_exp.roles import RoleTemplates, as_read, parse_critique, revised_text
 from alive_exp.rollout import Generator
 
 FLOORS = ("reviewer", "reviewer_blind", "refiner_fixes", "refiner_keeps")  # at least; missing_verdicts: at most
@@ -81,8 +81,7 @@ def measure(gen: Generator, domain, templates: RoleTemplates, tasks, *, samples_
     verdicts = [parse_critique(r).verdict for r in reviews]
     blind_verdicts = [parse_critique(r).verdict for r in blind]
     # the refiner under the oracle's critique with the reference, scrubbed as a refiner reads it
-    shown = [scrub_reference(critique_body(domain.critique(t, x).text), t.reference)[0]
-             for t, x in zip(flat_tasks, texts)]
+    shown = [as_read(domain.critique(t, x).text, t.reference) for t, x in zip(flat_tasks, texts)]
     use("solver")
     refine_prompts = [templates.render("refiner", task=t.prompt, solution=x, critique=c)
                       for t, x, c in zip(flat_tasks, texts, shown)]

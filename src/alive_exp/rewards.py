@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from alive_exp.domains import Critique, Domain, Task
-from alive_exp.roles import RoleTemplates, critique_body, scrub_reference
+from alive_exp.roles import RoleTemplates, as_read, critique_body
 
 REWARD_MODES: dict[str, type[RewardMode]] = {}
 
@@ -47,7 +47,7 @@ def build(name: str, templates: RoleTemplates, domain_of: Callable[[Task], Domai
 
 def fcp_feedback(critique_text: str, reference: str) -> str:
     """A critique as a feedback-conditioned solver reads it: its body (no verdict line), the reference scrubbed."""
-    return scrub_reference(critique_body(critique_text), reference)[0]
+    return as_read(critique_text, reference)
 
 
 def positive_feedback(domain: Domain, task: Task) -> str:

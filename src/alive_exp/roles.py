@@ -117,3 +117,9 @@ def critique_body(text: str) -> str:
     """The critique without its verdict line(s), as shown to the solver when it refines."""
     lines = [ln for ln in text.strip().splitlines() if not _VERDICT.search(ln)]
     return "\n".join(lines).strip()
+
+
+def as_read(critique_text: str, reference: str) -> str:
+    """A critique as a refiner or a feedback-conditioned solver reads it (warm start, training, readiness,
+    evaluation alike): its body, the reference and a blind reviewer's own working scrubbed (`scrub_reference`)."""
+    return scrub_reference(critique_body(critique_text), reference)[0]

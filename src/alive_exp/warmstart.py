@@ -46,7 +46,7 @@ from omegaconf import DictConfig, OmegaConf
 from alive_exp import domains, models, readiness
 from alive_exp.config import POLICY_CONFIG
 from alive_exp.losses import Sample, likelihood_loss
-from alive_exp.roles import KEEP, RoleTemplates, critique_body, scrub_reference
+from alive_exp.roles import KEEP, RoleTemplates, as_read
 from alive_exp.rollout import Generator
 
 log = logging.getLogger(__name__)
@@ -158,7 +158,7 @@ class Transcripts:
             return self.t.render("reviewer", task=task.prompt, reference=task.reference, solution=solution), critique.text
         if kind == "reviewer_blind":
             return self.t.render("reviewer_blind", task=task.prompt, solution=solution), critique.text
-        shown, _ = scrub_reference(critique_body(critique.text), task.reference)  # never the hidden answer
+        shown = as_read(critique.text, task.reference)  # never the hidden answer
         if kind == "fcp_solver":  # FCP: a solution under the critique it earned (FCP's own training pairs)
             return self.t.render("fcp_solver", task=task.prompt, critique=shown), solution
         # a solution the oracle's blind check accepts (working and answer right) is kept: the refiner says so
