@@ -17,6 +17,7 @@ contend for one database's write lock); every number in the report is read back 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -33,7 +34,12 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-COMPARISONS = [("verbal", "scalar"), ("verbal", "sft"), ("scalar", "sft"), ("verbal", "judge")]
+# the issue's differences: the signal (verbal - scalar), the signal with a perfect critic (verbal_oracle - scalar),
+# what writing the critique itself costs (verbal - verbal_oracle), each verbal variant against plain verbal, and
+# verbal against the supervised control
+COMPARISONS = [("verbal", "scalar"), ("verbal_oracle", "scalar"), ("verbal", "verbal_oracle"),
+               ("verbal_credit", "verbal"), ("verbal_group", "verbal"), ("verbal", "sft"), ("verbal", "judge"),
+               ("scalar", "sft")]
 
 
 @dataclass
@@ -49,7 +55,9 @@ class Study:
     prefix: str = "learning"  # <prefix>_curves.png, <prefix>_accuracy.png
     title: str | None = None
     preface: str = ""
-    lr_arm: Callable[[str], str] = field(default=lambda arm: arm)  # whose learning rate in lr_choice.json an arm uses
+    # whose learning rate in lr_choice.json an arm uses (default: its reward mode's, so verbal_credit trains at
+    # verbal's rate and differs from verbal in the variant alone)
+    lr_arm: Callable[[str], str] | None = None
     lr_choice: Path | str = REPO / "docs" / "lr_choice.json"  # "none": every arm the experiment's rates
 
 
@@ -80,13 +88,50 @@ def store(args, arm: str, seed: int) -> str:
     return f"sqlite:///{args.work / f'{arm}-{seed}' / 'mlflow.db'}"
 
 
+def reward_mode(arm: str) -> str:
+    """The reward mode an arm of conf/arm/ trains with (verbal_credit -> verbal; the warm start: scalar)."""
+    from alive_exp.cli import compose
+
+    return str(compose(["+experiment=math", f"+arm={'scalar' if arm == 'warm_start' else arm}"]).reward.mode)
+
+
+def run_key(overrides: Sequence[str]) -> str:
+    """What makes two runs the same run: their overrides, minus the ones that only say where output goes."""
+    keep = sorted(o for o in overrides if not o.startswith(("paths.", "logger.tracking_uri", "trainer.progress_bar",
+                                                               "hardware.torch_threads")))
+    return hashlib.sha1(json.dumps(keep).encode()).hexdigest()[:12]
+
+
+def finished_run(arm: str, seed: int, args, lr: float | None) -> str | None:
+    """The run id of a finished, evaluated run of exactly these settings in the arm's store, if there is one: a
+    report interrupted (or re-rendered with --render) reuses it instead of training again."""
+    if not (args.work / f"{arm}-{seed}" / "mlflow.db").exists():
+        return None
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(store(args, arm, seed))
+    key = run_key(overrides_for(arm, seed, args, lr))
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    for r in client.search_runs(experiments, f"tags.study_key = '{key}' and attributes.status = 'FINISHED'",
+                                order_by=["attributes.start_time DESC"]):
+        if any(k.startswith("eval/") and k.endswith("/accuracy") for k in r.data.metrics):
+            return r.info.run_id
+    return None
+
+
 def train_and_eval(arm: str, seed: int, args, lr: float | None) -> str:
     from alive_exp.cli import compose
     from alive_exp.train import run
 
+    done = finished_run(arm, seed, args, lr)
+    if done:
+        return done
+    if args.render:
+        raise SystemExit(f"--render: no finished run of {arm} seed {seed} with these settings in {store(args, arm, seed)}")
     root = args.work / f"{arm}-{seed}"
     root.mkdir(parents=True, exist_ok=True)
-    return run(compose([*overrides_for(arm, seed, args, lr), f"paths.root_dir={root}"]))["mlflow_run_id"]
+    over = overrides_for(arm, seed, args, lr)
+    return run(compose([*over, f"+logger.tags.study_key={run_key(over)}", f"paths.root_dir={root}"]))["mlflow_run_id"]
 
 
 def main(spec: Study | None = None, doc: str | None = None) -> None:
@@ -104,6 +149,8 @@ def main(spec: Study | None = None, doc: str | None = None) -> None:
     ap.add_argument("--out", type=Path, default=spec.out)
     ap.add_argument("--work", type=Path, default=REPO / "outputs" / spec.name)
     ap.add_argument("--data", type=Path, default=REPO / "data")
+    ap.add_argument("--render", action="store_true",
+                    help="train nothing: write the report from the finished runs in --work (an error names any missing)")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = ap.parse_args()
     args.study = spec.name
@@ -120,25 +167,34 @@ def main(spec: Study | None = None, doc: str | None = None) -> None:
         if not args.lr_choice.exists():
             raise SystemExit(f"{args.lr_choice} not found: run scripts/choose_lr.py first, or pass --lr-choice none")
         lrs = json.loads(args.lr_choice.read_text())["chosen"]
+    lr_arm = spec.lr_arm or reward_mode
     start = time.perf_counter()
-    # warm starts first (each seed's is built by its first job, under a file lock), then the arms seed by seed
-    jobs = [(study.BASELINE, s) for s in seeds] + [(a, s) for s in seeds for a in arms]
+    # warm starts first (each seed's is built by its first job, under a file lock), then arm by arm in the sweep's
+    # order, every seed of one arm before the next: a report cut short has whole arms, never fewer seeds
+    jobs = [(study.BASELINE, s) for s in seeds] + [(a, s) for a in arms for s in seeds]
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
-        futures = {job: pool.submit(train_and_eval, *job, args, lrs.get(spec.lr_arm(job[0]))) for job in jobs}
+        futures = {job: pool.submit(train_and_eval, *job, args, lrs.get(lr_arm(job[0]))) for job in jobs}
         runs = []
         for (arm, seed), fut in futures.items():
             runs.append(study.StudyRun(arm, seed, store(args, arm, seed), fut.result()))
             print(f"done: {arm} seed {seed} ({(time.perf_counter() - start) / 60:.1f} min)", flush=True)
+    # the report's time is the time its runs took, summed over the invocations that trained (an interrupted report
+    # resumed, or a re-render, adds only what it ran)
+    elapsed_file = args.work / "elapsed.json"
+    elapsed = json.loads(elapsed_file.read_text()) if elapsed_file.exists() else {}
+    if not args.render:
+        elapsed[f"{time.time():.0f}"] = (time.perf_counter() - start) / 60
+        elapsed_file.write_text(json.dumps(elapsed, indent=1) + "\n")
     suites = list(cfg.benchmark.eval_suites)
     curves = tuple(spec.curves or study.CURVES)
     data = study.collect(runs, suites, curves)
-    command = " ".join([f"python scripts/{spec.name}.py", *sys.argv[1:]])
-    meta = {"command": command, "minutes": (time.perf_counter() - start) / 60, "steps": args.steps,
+    command = " ".join([f"python scripts/{spec.name}.py", *(a for a in sys.argv[1:] if a != "--render")])
+    meta = {"command": command, "minutes": sum(elapsed.values()) or (time.perf_counter() - start) / 60, "steps": args.steps,
             "eval_size": args.eval_size, "warmstart_steps": (
                 f"at most {cfg.warmstart.steps} likelihood steps, stopping where validation accuracy reaches "
                 f"{cfg.warmstart.stop_accuracy}" + "".join(f" and {k} at least {v}" for k, v in cfg.warmstart.stop_floors.items())
                 if cfg.warmstart.stop_accuracy is not None
-                else f"{cfg.warmstart.steps} likelihood steps"), "learning_rates": lrs,
+                else f"{cfg.warmstart.steps} likelihood steps"), "learning_rates": {a: lrs.get(lr_arm(a)) for a in dict.fromkeys(a for a, _ in jobs)},
             "eval_temperature": float(cfg.trainer.generation.eval_temperature),
             **({"title": spec.title} if spec.title else {}), "preface": spec.preface,
             "machine": f"{os.cpu_count()} cores ({platform.machine()}), {args.jobs} runs at a time, "

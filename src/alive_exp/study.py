@@ -34,6 +34,11 @@ SUITE_METRICS = {  # column name -> metric under eval/<suite>/
 GAIN_METRICS = ("accuracy", "sampled", "sc_delta", "gated_delta")
 COST = ("tokens/constructor", "tokens/solver", "tokens/reviewer", "tokens/refine", "time/step")
 CURVES = ("solver/accuracy", "train/reward_mean", "reviewer/balanced_agreement")
+# what each arm's roles did over its steps (mean per step): the reviewer's agreement with the oracle on the step's
+# samples, the share of rejected solutions whose critique named a line (credit where the critique points), the
+# share of groups with no right solution (no scalar signal) and how many of them a revision rescued
+MECHANICS = ("solver/accuracy", "reviewer/balanced_agreement", "solver/located_share", "solver/all_wrong_groups",
+             "solver/rescued_groups")
 
 
 @dataclass
@@ -54,7 +59,7 @@ def collect(runs: Sequence[StudyRun], suites: Sequence[str], curves: Sequence[st
         logged = client.get_run(r.run_id).data.metrics
         final = {f"{s}/{col}": logged[f"eval/{s}/{key}"] for s in suites for col, key in SUITE_METRICS.items()
                  if f"eval/{s}/{key}" in logged}
-        cost = {}
+        cost, mechanics = {}, {}
         # what the seed's warm start was: its likelihood steps and its own held-out check (metrics.json)
         warm = {k: logged[f"warmstart/{k}"] for k in ("steps", "heldout_accuracy", "train_seconds")
                 if f"warmstart/{k}" in logged}
@@ -62,11 +67,16 @@ def collect(runs: Sequence[StudyRun], suites: Sequence[str], curves: Sequence[st
             for key in COST:
                 h = metric_history(client, r.run_id, key)
                 cost[key] = sum(h.values()) / len(h) if h else 0.0
+            for key in MECHANICS:
+                h = metric_history(client, r.run_id, key)
+                if h:
+                    mechanics[key] = sum(h.values()) / len(h)
             history = {key: sorted(metric_history(client, r.run_id, key).items()) for key in curves}
         else:
             history = {}
         out["runs"].append({"arm": r.arm, "seed": r.seed, "run_id": r.run_id, "tracking_uri": r.tracking_uri,
-                            "final": final, "cost": cost, "curves": history, "warm_start": warm})
+                            "final": final, "cost": cost,
+                            "mechanics": mechanics, "curves": history, "warm_start": warm})
     return out
 
 
@@ -93,7 +103,7 @@ def paired(data: dict[str, Any], arm: str, other: str, key: str) -> dict[str, An
 
 
 def level(data: dict[str, Any], arm: str, key: str, table: str = "final") -> dict[str, Any] | None:
-    vals = [r[table][key] for r in data["runs"] if r["arm"] == arm and key in r[table]]
+    vals = [r[table][key] for r in data["runs"] if r["arm"] == arm and key in r.get(table, {})]
     return {**t_interval(vals, bounds=value_range(key)), "values": vals} if vals else None
 
 
@@ -118,7 +128,8 @@ def summarise(data: dict[str, Any], comparisons: Sequence[tuple[str, str]]) -> d
     diffs = {f"{a} - {b}": {f"{s}/{c}": paired(data, a, b, f"{s}/{c}") for s in suites for c in GAIN_METRICS}
              for a, b in comparisons if a in arms and b in arms}
     cost = {a: {k: level(data, a, k, "cost") for k in COST} for a in arms if a != BASELINE}
-    return {"levels": levels, "gains": gains, "differences": diffs, "cost": cost}
+    mechanics = {a: {k: level(data, a, k, "mechanics") for k in MECHANICS} for a in arms if a != BASELINE}
+    return {"levels": levels, "gains": gains, "differences": diffs, "cost": cost, "mechanics": mechanics}
 
 
 def _table(header: Sequence[str], rows) -> list[str]:
@@ -135,6 +146,12 @@ def markdown(data: dict[str, Any], summary: dict[str, Any], meta: dict[str, Any]
          f"({meta['eval_size']} problems each, fixed for every seed; greedy attempts unless noted). Every number is "
          "read back from the runs' MLflow stores; cells are mean [95% t-interval across seeds].", "",
          *([meta["preface"], ""] if meta.get("preface") else [])]
+    if meta.get("reading"):
+        L += ["## The reading", "", meta["reading"], ""]
+    if meta.get("learning_rates"):
+        L += ["Solver learning rate per arm (`docs/lr_choice.json`, by its reward mode): " + ", ".join(
+            f"{a} {lr:g}" if lr is not None else f"{a} the experiment's" for a, lr in meta["learning_rates"].items()
+            if a != BASELINE) + ".", ""]
     warm = [r for r in data["runs"] if r["arm"] == BASELINE and r.get("warm_start")]
     if warm:
         L += ["## The warm starts", "",
@@ -178,6 +195,16 @@ def markdown(data: dict[str, Any], summary: dict[str, Any], meta: dict[str, Any]
                                               for a in arms]) + [""]
     L += ["## Compute each arm spent", "", "Mean per ALIVE step: generated tokens per role and seconds per step.", ""]
     L += _table(["arm", *COST], [(a, *(fmt(summary["cost"][a].get(k), 1) for k in COST)) for a in arms if a != BASELINE])
+    if any(summary.get("mechanics", {}).get(a, {}).get(k) for a in arms if a != BASELINE for k in MECHANICS):
+        L += ["", "## What each arm's roles did", "",
+              "Mean per ALIVE step, over the training samples: `solver/accuracy` (the step's solutions right), "
+              "`reviewer/balanced_agreement` (the critic's verdicts against the oracle's on those solutions; the "
+              "oracle-guided arm's critic is the oracle), `solver/located_share` (rejected solutions whose critique "
+              "named a line: what `reward.credit=critique` can use), `solver/all_wrong_groups` (groups with no right "
+              "solution, no scalar signal) and `solver/rescued_groups` (of those, groups per step that a revision "
+              "rescued: what `reward.refinements_in_group` can use).", ""]
+        L += _table(["arm", *MECHANICS], [(a, *(fmt(summary["mechanics"][a].get(k)) for k in MECHANICS))
+                                          for a in arms if a != BASELINE])
     for name, file in figures.items():
         L += ["", f"![{name}]({file})"]
     L += ["", "## Runs", ""]
@@ -240,7 +267,7 @@ def write(data: dict[str, Any], comparisons: Sequence[tuple[str, str]], meta: di
           curves: Sequence[str] = CURVES, prefix: str = "learning") -> dict:
     """docs/<name>.md, .json and the PNGs beside it (<prefix>_*.png); returns the summary."""
     summary = summarise(data, comparisons)
-    meta = {**meta, "answers": answers(data, summary)}
+    meta = {**meta, "answers": answers(data, summary), "reading": reading(data, summary)}
     out_md.parent.mkdir(parents=True, exist_ok=True)
     figures = plots(data, summary, out_md.parent, curves, prefix)
     out_md.write_text(markdown(data, summary, meta, figures))
@@ -264,3 +291,43 @@ def answers(data: dict[str, Any], summary: dict[str, Any]) -> list[str]:
         st = d.get(f"{trained_on}/accuracy")
         lines.append(f"- **{name}** on `{trained_on}` accuracy: {fmt(st)} ({verdict(st)}).")
     return lines
+
+
+def _said(stat: dict[str, Any] | None, above: str, below: str, neither: str) -> str:
+    v = verdict(stat)
+    return {"above zero": above, "below zero": below, "includes zero": neither}.get(v, "too few seeds to say")
+
+
+def reading(data: dict[str, Any], summary: dict[str, Any]) -> str:
+    """The report's one-paragraph reading, written from the intervals (so the script reproduces it): how much
+    room the warm starts leave, what each arm gained, and each named difference on the suite trained on and the
+    suites never trained on, said as the interval falls."""
+    suites, arms = data["suites"], arms_of(data)
+    if BASELINE not in arms:
+        return ""
+    first, others = suites[0], suites[1:]
+    base = {s: level(data, BASELINE, f"{s}/accuracy") for s in suites}
+    room = ", ".join(f"`{s}` {base[s]['mean']:.3f}" for s in suites if base[s])
+    parts = [f"The warm starts answer {room} greedily (mean over seeds), so the room to gain is what is left "
+             "of 1 on each suite."]
+    gains = []
+    for a, g in summary["gains"].items():
+        st = g.get(f"{first}/accuracy")
+        gains.append(f"{a} {fmt(st)} ({_said(st, 'gains', 'loses', 'no change detected')})")
+    if gains:
+        parts.append(f"Over its seed's warm start on `{first}`: " + "; ".join(gains) + ".")
+    words = {("verbal", "scalar"): "verbal feedback against the scalar reward, each with its own critic",
+             ("verbal_oracle", "scalar"): "what the verbal signal is worth with a perfect critic",
+             ("verbal", "verbal_oracle"): "what writing its own critiques costs",
+             ("verbal_credit", "verbal"): "credit where the critique points",
+             ("verbal_group", "verbal"): "revisions in the group",
+             ("verbal", "sft"): "verbal against the supervised control"}
+    for name, d in summary["differences"].items():
+        a, b = name.split(" - ")
+        st = d.get(f"{first}/accuracy")
+        far = [f"`{s}` {fmt(d.get(f'{s}/accuracy'))}" for s in others]
+        what = words.get((a, b), name)
+        parts.append(f"**{name}** ({what}): {fmt(st)} on `{first}`, "
+                     + _said(st, f"{a} ahead", f"{b} ahead", "no difference these seeds detect")
+                     + (f"; never trained on: {', '.join(far)}" if far else "") + ".")
+    return " ".join(parts)
