@@ -13,7 +13,8 @@ from mlflow.tracking import MlflowClient
 from conftest import REPO
 
 
-def run_report(script: str, tmp_path, out, args: list[str], docs_per_step: int) -> None:
+def run_report(script: str, tmp_path, out, args: list[str], docs_per_step: int,
+               ok: bool = True) -> subprocess.CompletedProcess:
     """scripts/<script> for seeds 0 and 1 at smoke size (2 jobs, 4 problems a suite), into tmp_path."""
     small = ["warmstart.enabled=false", "benchmark.train_docs=200", f"trainer.docs_per_step={docs_per_step}",
              f"trainer.max_tasks_per_step={docs_per_step}", "trainer.solutions_per_task=2",
@@ -25,7 +26,8 @@ def run_report(script: str, tmp_path, out, args: list[str], docs_per_step: int) 
         [sys.executable, f"scripts/{script}", "--seeds", "0", "1", *args, "--eval-size", "4", "--jobs", "2",
          "--out", str(out), "--work", str(tmp_path / "work"), "--data", str(tmp_path / "data"), *small],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (proc.returncode == 0) == ok, proc.stderr[-3000:]
+    return proc
 
 
 @pytest.mark.slow
@@ -51,6 +53,17 @@ def test_learning_report_reads_its_numbers_back_from_mlflow(tmp_path):
     want = [runs[("scalar", s)]["final"]["math_heldout/accuracy"] - runs[("warm_start", s)]["final"]["math_heldout/accuracy"]
             for s in (0, 1)]
     assert gain["values"] == pytest.approx(want) and gain["n"] == 2
+    # a report re-rendered (--render) trains nothing: the same runs, the same numbers, and the time stays the
+    # time the runs took; a setting that differs finds no finished run and says which
+    again = tmp_path / "again.md"
+    run_report("learning_report.py", tmp_path, again, ["--arms", "scalar", "sft", "--steps", "1", "--lr-choice", "none",
+                                                        "--render"], docs_per_step=2)
+    second = json.loads(again.with_suffix(".json").read_text())
+    assert second["data"] == report["data"] and second["meta"]["minutes"] == report["meta"]["minutes"]
+    assert "--render" not in second["meta"]["command"]
+    proc = run_report("learning_report.py", tmp_path, again, ["--arms", "scalar", "--steps", "2", "--lr-choice",
+                                                               "none", "--render"], docs_per_step=2, ok=False)
+    assert "no finished run of scalar seed 0" in proc.stderr + proc.stdout
 
 
 @pytest.mark.slow
