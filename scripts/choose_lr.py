@@ -26,9 +26,15 @@ sys.path.insert(0, str(REPO / "scripts"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from learning_report import sweep_grid  # noqa: E402
+from learning_report import reward_mode, sweep_grid  # noqa: E402
 
 SUITE = "math_validation"
+
+
+def default_arms(sweep: Path) -> list[str]:
+    """The reward modes of a sweep's arms, each once: a variant (verbal_credit, verbal_oracle) trains at its
+    reward mode's rate (scripts/learning_report.py), so the procedure chooses one rate per mode."""
+    return list(dict.fromkeys(reward_mode(a) for a in sweep_grid(sweep)[0]))
 
 
 def one(mode: str, lr: float, args) -> float:
@@ -52,7 +58,7 @@ def one(mode: str, lr: float, args) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sweep", type=Path, default=REPO / "sweeps" / "learning.yaml")
-    ap.add_argument("--arms", nargs="+", help="arms, options of conf/arm/ (default: the sweep's)")
+    ap.add_argument("--arms", nargs="+", help="arms, options of conf/arm/ (default: the reward modes of the sweep's arms)")
     ap.add_argument("--grid", type=float, nargs="+", default=[3e-5, 1e-4, 3e-4])
     ap.add_argument("--seed", type=int, default=100, help="a tuning seed no report uses")
     ap.add_argument("--eval-size", type=int, default=200)
@@ -64,7 +70,7 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     modes, _, args.fixed = sweep_grid(args.sweep)
-    arms = args.arms or modes
+    arms = args.arms or default_arms(args.sweep)
     start = time.perf_counter()
     jobs = [(m, lr) for m in arms for lr in args.grid]
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:

@@ -68,6 +68,12 @@ def test_every_arm_is_its_reward_mode_and_variant_and_the_sweeps_run_only_arms(t
     arms, seeds, fixed = sweep_grid(REPO / "sweeps" / "constructor.yaml")
     assert sorted(arms) == ["scalar", "scalar_uniform", "verbal", "verbal_uniform"] and seeds == [0, 1, 2, 3, 4]
     assert fixed == ["benchmark.options.source_options.column_arithmetic.per_page=[4,8]", "trainer.uniform_probe_share=0.125"]
+    # scripts/choose_lr.py chooses one rate per reward mode; the report trains each variant at its mode's rate
+    from choose_lr import default_arms
+    from learning_report import reward_mode
+
+    assert default_arms(REPO / "sweeps" / "learning.yaml") == ["scalar", "verbal", "judge", "fcp", "sft"]
+    assert [reward_mode(a) for a in ("verbal_credit", "verbal_oracle", "warm_start")] == ["verbal", "verbal", "scalar"]
 
 
 def test_every_group_file_documents_itself():
