@@ -193,6 +193,8 @@ def main(spec: Study | None = None, doc: str | None = None) -> None:
             "eval_size": args.eval_size, "warmstart_steps": (
                 f"at most {cfg.warmstart.steps} likelihood steps, stopping where validation accuracy reaches "
                 f"{cfg.warmstart.stop_accuracy}" + "".join(f" and {k} at least {v}" for k, v in cfg.warmstart.stop_floors.items())
+                + ("".join(f", {k} at least {v}" for k, v in (cfg.warmstart.role_floors or {}).items())
+                   + " (each role measured on the solver's own samples)" if cfg.warmstart.role_floors else "")
                 if cfg.warmstart.stop_accuracy is not None
                 else f"{cfg.warmstart.steps} likelihood steps"), "learning_rates": {a: lrs.get(lr_arm(a)) for a in dict.fromkeys(a for a, _ in jobs)},
             "eval_temperature": float(cfg.trainer.generation.eval_temperature),

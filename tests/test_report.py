@@ -215,6 +215,9 @@ def test_t_interval_matches_the_t_table():
         "n": 3, "mean": statistics.fmean(wide), "ci_low": 0.0, "ci_high": 1.0}
     assert t_interval(wide)["ci_low"] < 0 and value_range("math_heldout/accuracy", difference=True) == (-1.0, 1.0)
     assert value_range("tokens/solver") is None and value_range("math_heldout/sc_delta") == (-1.0, 1.0)
+    # the learning report's mechanics: shares stay in [0, 1], counts above zero
+    assert value_range("solver/all_wrong_groups") == (0.0, 1.0) and value_range("solver/located_share") == (0.0, 1.0)
+    assert t_interval([0.0, 0.0, 0.0, 0.0, 2.4], bounds=value_range("solver/rescued_groups"))["ci_low"] == 0.0
 
 
 @pytest.mark.slow

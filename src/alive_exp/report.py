@@ -51,8 +51,10 @@ class RunRecord:
 MIN_SEEDS = 3  # below it a t-interval says nothing (t(0.975, 1) = 12.7): the report says so instead
 _RATES = {"accuracy", "sampled_accuracy", "balanced_agreement", "agreement", "precision", "recall", "missing_rate",
           "valid_rate", "success_rate", "blind_success_rate", "acc_t1", "acc_t2", "gated_acc_t2", "critique_agreement",
-          "critique_balanced_agreement", "sampled", "reviewer_agreement"}  # the last two: the learning report's columns
+          "critique_balanced_agreement", "sampled", "reviewer_agreement",  # these two: the learning report's columns
+          "located_share", "all_wrong_groups"}  # shares of a step's rejected solutions / groups
 _DELTAS = {"delta", "gated_delta", "delta_i_to_c", "delta_c_to_i", "sc_delta", "i_to_c", "c_to_i"}  # rate - rate
+_COUNTS = {"rescued_groups", "located_critiques"}  # counts per step: never below zero
 
 
 def value_range(metric: str, difference: bool = False) -> tuple[float, float] | None:
@@ -64,6 +66,8 @@ def value_range(metric: str, difference: bool = False) -> tuple[float, float] | 
         return (-1.0, 1.0) if difference else (0.0, 1.0)
     if last in _DELTAS:
         return (-2.0, 2.0) if difference else (-1.0, 1.0)
+    if last in _COUNTS and not difference:
+        return (0.0, math.inf)
     return None
 
 

@@ -17,6 +17,8 @@ from typing import Any
 from alive_exp.report import fmt, metric_history, t_interval, value_range
 
 BASELINE = "warm_start"
+# each role of the warm start on held-out problems (alive_exp.readiness, logged as warmstart/* at step 0)
+READINESS = ("reviewer", "reviewer_blind", "refiner_fixes", "refiner_keeps")
 SUITE_METRICS = {  # column name -> metric under eval/<suite>/
     "accuracy": "accuracy",
     "sampled": "sampled_accuracy",
@@ -61,7 +63,7 @@ def collect(runs: Sequence[StudyRun], suites: Sequence[str], curves: Sequence[st
                  if f"eval/{s}/{key}" in logged}
         cost, mechanics = {}, {}
         # what the seed's warm start was: its likelihood steps and its own held-out check (metrics.json)
-        warm = {k: logged[f"warmstart/{k}"] for k in ("steps", "heldout_accuracy", "train_seconds")
+        warm = {k: logged[f"warmstart/{k}"] for k in ("steps", "heldout_accuracy", "train_seconds", *READINESS)
                 if f"warmstart/{k}" in logged}
         if r.arm != BASELINE:
             for key in COST:
@@ -154,12 +156,17 @@ def markdown(data: dict[str, Any], summary: dict[str, Any], meta: dict[str, Any]
             if a != BASELINE) + ".", ""]
     warm = [r for r in data["runs"] if r["arm"] == BASELINE and r.get("warm_start")]
     if warm:
+        ready = [k for k in READINESS if any(k in r["warm_start"] for r in warm)]
         L += ["## The warm starts", "",
-              "Each seed's warm start: its likelihood steps (it stops at the first validation check that reaches "
-              "`warmstart.stop_accuracy`, see `warmstart.py`), build time, and greedy accuracy on every suite.", ""]
-        L += _table(["seed", "steps", "seconds", *suites],
+              "Each seed's warm start: its likelihood steps (it stops at the first validation check where every "
+              "floor holds, see `warmstart.py`), build time, greedy accuracy on every suite, and each role on "
+              "held-out problems (`reviewer`, `reviewer_blind`: balanced agreement of its verdicts with the "
+              "reference check, with and without the reference; `refiner_fixes` / `refiner_keeps`: wrong samples "
+              "it fixes, right ones it keeps).", ""]
+        L += _table(["seed", "steps", "seconds", *suites, *ready],
                     [(str(r["seed"]), f"{r['warm_start'].get('steps', 0):.0f}", f"{r['warm_start'].get('train_seconds', 0):.0f}",
-                      *(f"{r['final'].get(f'{s}/accuracy', float('nan')):.3f}" for s in suites)) for r in warm]) + [""]
+                      *(f"{r['final'].get(f'{s}/accuracy', float('nan')):.3f}" for s in suites),
+                      *(f"{r['warm_start'][k]:.2f}" if k in r["warm_start"] else "-" for k in ready)) for r in warm]) + [""]
     L += ["## The answers", ""]
     L += [line for line in meta.get("answers", [])]
     L += ["", "## Gain over the warm start (paired by seed)", "",
