@@ -207,7 +207,7 @@ def markdown(data: dict[str, Any], summary: dict[str, Any], meta: dict[str, Any]
               "Mean per ALIVE step, over the training samples: `solver/accuracy` (the step's solutions right), "
               "`reviewer/balanced_agreement` (the critic's verdicts against the oracle's on those solutions; the "
               "oracle-guided arm's critic is the oracle), `solver/located_share` (rejected solutions whose critique "
-              "named a line: what `reward.credit=critique` can use), `solver/all_wrong_groups` (groups with no right "
+              "named a line; counted only where `reward.credit=critique` uses it, 0 elsewhere), `solver/all_wrong_groups` (groups with no right "
               "solution, no scalar signal) and `solver/rescued_groups` (of those, groups per step that a revision "
               "rescued: what `reward.refinements_in_group` can use).", ""]
         L += _table(["arm", *MECHANICS], [(a, *(fmt(summary["mechanics"][a].get(k)) for k in MECHANICS))
