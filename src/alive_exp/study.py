@@ -320,7 +320,9 @@ def reading(data: dict[str, Any], summary: dict[str, Any]) -> str:
     gains = []
     for a, g in summary["gains"].items():
         st = g.get(f"{first}/accuracy")
-        gains.append(f"{a} {fmt(st)} ({_said(st, 'gains', 'loses', 'no change detected')})")
+        ups = sum(v > 0 for v in st["values"]) if st else 0
+        gains.append(f"{a} {fmt(st)} ({_said(st, 'gains', 'loses', 'the interval includes zero')}; "
+                     f"{ups} of {st['n'] if st else 0} seeds gained)")
     if gains:
         parts.append(f"Over its seed's warm start on `{first}`: " + "; ".join(gains) + ".")
     words = {("verbal", "scalar"): "verbal feedback against the scalar reward, each with its own critic",
