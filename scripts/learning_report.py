@@ -54,7 +54,11 @@ class Study:
     curves: Sequence[str] | None = None  # metrics plotted over the steps (default: alive_exp.study.CURVES)
     prefix: str = "learning"  # <prefix>_curves.png, <prefix>_accuracy.png
     title: str | None = None
-    preface: str = ""
+    preface: str = ("`fcp` is a known defect of its update, not a finding about verbal feedback: its own wrong "
+                    "samples carry most of its likelihood update (docs/learning_investigation.md, round 4, second "
+                    "addendum). `verbal_oracle` is plain verbal with the oracle writing every critique (the bound a "
+                    "self-critic approaches); `verbal_credit` and `verbal_group` are verbal with credit where the "
+                    "critique points and with revisions in the group (conf/arm/).")
     # whose learning rate in lr_choice.json an arm uses (default: its reward mode's, so verbal_credit trains at
     # verbal's rate and differs from verbal in the variant alone)
     lr_arm: Callable[[str], str] | None = None
