@@ -69,7 +69,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=REPO / "data")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
-    modes, _, args.fixed = sweep_grid(args.sweep)
+    _, _, args.fixed = sweep_grid(args.sweep)
     arms = args.arms or default_arms(args.sweep)
     start = time.perf_counter()
     jobs = [(m, lr) for m in arms for lr in args.grid]

@@ -17,6 +17,7 @@ contend for one database's write lock); every number in the report is read back 
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -92,6 +93,7 @@ def store(args, arm: str, seed: int) -> str:
     return f"sqlite:///{args.work / f'{arm}-{seed}' / 'mlflow.db'}"
 
 
+@functools.cache
 def reward_mode(arm: str) -> str:
     """The reward mode an arm of conf/arm/ trains with (verbal_credit -> verbal; the warm start: scalar)."""
     from alive_exp.cli import compose

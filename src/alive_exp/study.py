@@ -61,21 +61,16 @@ def collect(runs: Sequence[StudyRun], suites: Sequence[str], curves: Sequence[st
         logged = client.get_run(r.run_id).data.metrics
         final = {f"{s}/{col}": logged[f"eval/{s}/{key}"] for s in suites for col, key in SUITE_METRICS.items()
                  if f"eval/{s}/{key}" in logged}
-        cost, mechanics = {}, {}
+        cost, mechanics, history = {}, {}, {}
         # what the seed's warm start was: its likelihood steps and its own held-out check (metrics.json)
         warm = {k: logged[f"warmstart/{k}"] for k in ("steps", "heldout_accuracy", "train_seconds", *READINESS)
                 if f"warmstart/{k}" in logged}
         if r.arm != BASELINE:
-            for key in COST:
-                h = metric_history(client, r.run_id, key)
-                cost[key] = sum(h.values()) / len(h) if h else 0.0
-            for key in MECHANICS:
-                h = metric_history(client, r.run_id, key)
-                if h:
-                    mechanics[key] = sum(h.values()) / len(h)
-            history = {key: sorted(metric_history(client, r.run_id, key).items()) for key in curves}
-        else:
-            history = {}
+            logged_over_steps = {key: metric_history(client, r.run_id, key) for key in {*COST, *MECHANICS, *curves}}
+            mean = {key: sum(h.values()) / len(h) for key, h in logged_over_steps.items() if h}
+            cost = {key: mean.get(key, 0.0) for key in COST}
+            mechanics = {key: mean[key] for key in MECHANICS if key in mean}
+            history = {key: sorted(logged_over_steps[key].items()) for key in curves}
         out["runs"].append({"arm": r.arm, "seed": r.seed, "run_id": r.run_id, "tracking_uri": r.tracking_uri,
                             "final": final, "cost": cost,
                             "mechanics": mechanics, "curves": history, "warm_start": warm})
